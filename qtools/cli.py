@@ -1,0 +1,138 @@
+"""The `qtools` command line: parses arguments, calls the public API, prints results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from qtools.errors import QtoolsError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Quantise and check Qwen3-Coder MoE checkpoints.")
+console = Console(stderr=True)
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fp8-block.yaml"
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="BF16 source checkpoint directory (never written to)")],
+    dst: Annotated[Path, typer.Argument(help="output directory (new, empty, or an unfinished run to resume)")],
+    recipe: Annotated[Path, typer.Option(help="recipe YAML")] = DEFAULT_RECIPE,
+    format: Annotated[
+        str | None, typer.Option("--format", help="hf-fp8 or compressed-tensors (overrides the recipe)")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes on this machine")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda: where the quantisation arithmetic runs")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="discard an earlier run with another recipe or source")] = False,
+) -> None:
+    """Convert a checkpoint shard by shard (resumable; under torchrun each rank takes a share of the shards)."""
+    from qtools.convert import ProgressHooks, convert_checkpoint
+    from qtools.recipe import load_recipe
+
+    rank = int(os.environ.get("RANK", "0"))
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[shards]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=rank != 0,
+    )
+    task = progress.add_task("convert", total=None, shards="")
+    counts = {"done": 0, "total": 0}
+
+    def on_start(total_bytes: int, shards: int) -> None:
+        counts["total"] = shards
+        progress.update(task, total=total_bytes, shards=f"shards 0/{shards}")
+
+    def on_shard_done(_: str) -> None:
+        counts["done"] += 1
+        progress.update(task, shards=f"shards {counts['done']}/{counts['total']}")
+
+    hooks = ProgressHooks(on_start, lambda n: progress.advance(task, n), on_shard_done)
+    try:
+        parsed = load_recipe(recipe, format)
+        with progress:
+            summary = convert_checkpoint(src, dst, parsed, workers, device, overwrite, hooks)
+    except QtoolsError as error:
+        _fail(error)
+    if rank != 0:
+        return
+    table = Table(title=f"converted {src} -> {dst} ({parsed.format})", show_header=False)
+    table.add_row("shards converted / reused", f"{summary.shards_converted} / {summary.shards_reused}")
+    table.add_row("tensors converted / kept", f"{summary.tensors_converted} / {summary.tensors_kept}")
+    table.add_row("bytes in (read this run)", f"{summary.source_bytes / 1e9:.3f} GB")
+    table.add_row("bytes out (whole checkpoint)", f"{summary.output_bytes / 1e9:.3f} GB")
+    table.add_row("seconds", f"{summary.seconds:.2f}")
+    table.add_row("throughput", f"{summary.gb_per_second:.3f} GB/s of source read")
+    Console().print(table)
+
+
+@app.command()
+def verify(
+    ckpt: Annotated[Path, typer.Argument(help="checkpoint directory to check")],
+    deep: Annotated[bool, typer.Option(help="also read every FP8 weight and reject NaN codes")] = False,
+) -> None:
+    """Check a converted checkpoint; exits non-zero, naming each problem, when it fails."""
+    from qtools.verify import verify_checkpoint
+
+    report = verify_checkpoint(ckpt, deep=deep)
+    if report.ok:
+        Console().print(
+            f"[green]OK[/] {ckpt}: {report.tensors} tensors, {report.quantized_modules} quantised modules "
+            f"({report.method})"
+        )
+        return
+    for problem in report.problems:
+        console.print(f"[red]problem:[/] {problem}")
+    console.print(f"[bold red]FAILED[/] {ckpt}: {len(report.problems)} problem(s)")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def inspect(ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")]) -> None:
+    """Print what a checkpoint holds: format per module family, bytes, layer and expert counts."""
+    from qtools.inspect import inspect_checkpoint
+
+    try:
+        summary = inspect_checkpoint(ckpt)
+    except QtoolsError as error:
+        _fail(error)
+    table = Table(
+        title=f"{ckpt}: {summary.quant_method}, {summary.layers} layers, {summary.experts} experts, "
+        f"{summary.shards} shards, {summary.total_bytes / 1e9:.3f} GB"
+    )
+    for column in ("family", "dtype", "tensors", "block scales", "GB"):
+        table.add_column(column, justify="right" if column in ("tensors", "block scales", "GB") else "left")
+    for name, fam in summary.families.items():
+        table.add_row(name, ", ".join(sorted(fam.dtypes)), str(fam.tensors), str(fam.scales), f"{fam.bytes / 1e9:.4f}")
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

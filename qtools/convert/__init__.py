@@ -1,0 +1,5 @@
+"""Streaming, resumable checkpoint conversion."""
+
+from qtools.convert.run import ConvertSummary, ProgressHooks, convert_checkpoint
+
+__all__ = ["ConvertSummary", "ProgressHooks", "convert_checkpoint"]

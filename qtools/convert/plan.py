@@ -1,0 +1,78 @@
+"""Planning a conversion from shard headers alone: what each tensor becomes, checked before any data is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from qtools.checkpoint.hf import Checkpoint
+from qtools.checkpoint.qwen3_moe import check_against_config
+from qtools.checkpoint.safetensors_io import TensorInfo, TensorSpec
+from qtools.errors import QtoolsError
+from qtools.formats.fp8_block import FORMATS
+from qtools.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class TensorAction:
+    """What happens to one source tensor: `quantize` (to codes + scale) or `copy` (bit-identical)."""
+
+    source: TensorInfo
+    quantize: bool
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass
+class ConversionPlan:
+    """Per source shard, the actions on its tensors; plus the module lists the output config needs."""
+
+    actions: dict[str, list[TensorAction]] = field(default_factory=dict)
+    converted_modules: list[str] = field(default_factory=list)
+    kept_linear_modules: list[str] = field(default_factory=list)
+
+    def shard_source_bytes(self, shard: str) -> int:
+        return sum(action.source.nbytes for action in self.actions[shard])
+
+
+def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
+    """Decide every tensor's fate from headers and config.json; raise QtoolsError on any inconsistency.
+
+    Checks: shard headers are valid and hold what the index says, tensor shapes agree with config.json, every
+    quantised tensor is a 2-D floating-point `.weight`, and the recipe matches at least one tensor.
+    """
+    fmt = FORMATS[recipe.format]
+    config = checkpoint.config
+    plan = ConversionPlan()
+    for shard in checkpoint.shard_names:
+        reader = checkpoint.reader(shard)
+        actions = []
+        for name in sorted(n for n, f in checkpoint.weight_map.items() if f == shard):
+            info = reader.tensors[name]
+            problem = check_against_config(name, info.shape, config)
+            if problem:
+                raise QtoolsError(f"{checkpoint.root / shard}: {problem}")
+            module = name.removesuffix(".weight")
+            wanted = name.endswith(".weight") and recipe.quantizes(module)
+            if wanted:
+                if not info.dtype.is_floating_point or info.dtype == torch.float8_e4m3fn or len(info.shape) != 2:
+                    raise QtoolsError(
+                        f"{checkpoint.root / shard}: tensor {name!r} is {info.dtype} {list(info.shape)}; "
+                        "the recipe targets it but only 2-D floating-point (bf16/fp16/fp32) weights can be quantised"
+                    )
+                outputs = fmt.planned_tensors(module, info.shape, recipe.block_size, recipe.scale_dtype)
+                plan.converted_modules.append(module)
+            else:
+                outputs = (TensorSpec(name, info.dtype, info.shape),)
+                if name.endswith(".weight") and len(info.shape) == 2 and module != "model.embed_tokens":
+                    plan.kept_linear_modules.append(module)
+            actions.append(TensorAction(info, wanted, outputs))
+        plan.actions[shard] = actions
+    if not plan.converted_modules:
+        raise QtoolsError(
+            f"the recipe matches no tensor of {checkpoint.root}: check its targets and ignore patterns "
+            f"(targets: {recipe.targets})"
+        )
+    plan.converted_modules.sort()
+    plan.kept_linear_modules.sort()
+    return plan

@@ -1,0 +1,90 @@
+"""Recipes: small YAML files, validated by pydantic, that say what to quantise and how."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from qtools.errors import QtoolsError
+
+FORMATS = ("hf-fp8", "compressed-tensors")
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def matches(pattern: str, module: str) -> bool:
+    """`re:REGEX` must match the whole module name; any other pattern must equal it."""
+    if pattern.startswith("re:"):
+        return _compiled(pattern[3:]).fullmatch(module) is not None
+    return pattern == module
+
+
+class Recipe(BaseModel):
+    """What a conversion does.
+
+    `targets` and `ignore` hold module names (a weight `X.weight` belongs to module `X`) or `re:` regexes that
+    must match the whole name. A module is quantised when a target matches it and no ignore entry does.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Literal["fp8-block"] = "fp8-block"
+    format: Literal["hf-fp8", "compressed-tensors"] = "hf-fp8"
+    block_size: tuple[int, int] = (128, 128)
+    scale_dtype: Literal["float32", "bfloat16"] = "float32"
+    targets: list[str]
+    ignore: list[str] = []
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _valid_patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as error:
+                    raise ValueError(f"bad regex {pattern!r}: {error}") from error
+        return patterns
+
+    @field_validator("block_size")
+    @classmethod
+    def _positive_block(cls, block: tuple[int, int]) -> tuple[int, int]:
+        if min(block) <= 0:
+            raise ValueError("block_size entries must be positive")
+        return block
+
+    def quantizes(self, module: str) -> bool:
+        """Whether this recipe converts `module`."""
+        return any(matches(p, module) for p in self.targets) and not any(matches(p, module) for p in self.ignore)
+
+    def fingerprint(self) -> str:
+        """Canonical JSON of the recipe, for resume checks."""
+        return self.model_dump_json()
+
+
+def load_recipe(path: str | Path, format_override: str | None = None) -> Recipe:
+    """Load and validate a recipe YAML; `format_override` (from the CLI) replaces its `format`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise QtoolsError(f"{path}: cannot read recipe ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise QtoolsError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise QtoolsError(f"{path}: a recipe is a YAML mapping")
+    if format_override is not None:
+        raw["format"] = format_override
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'recipe'}: {e['msg']}" for e in error.errors())
+        raise QtoolsError(f"{path}: invalid recipe: {problems}") from error
