@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml requirements.lock kernels/pyproject.toml
 demo: setup
 	$(BIN)/python scripts/demo.py --out $(DEMO_DIR)
 
+# CI has no GPU: Triton kernels run in the interpreter (override with TRITON_INTERPRET=0 on a GPU machine).
 test: setup
-	$(BIN)/python -m pytest -q tests kernels/tests
+	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} $(BIN)/python -m pytest -q tests kernels/tests
 
 lint: setup
 	$(BIN)/ruff check qtools kernels tests scripts

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_convert import tree_digest
 
 from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
+from qtools.testing.files import edit_shard, poison_nan, tree_digest
 from qtools.verify import verify_checkpoint
 
 SHARD1 = "model-00001-of-00003.safetensors"
@@ -69,11 +69,7 @@ def _integer_weights(root: Path) -> str:
 
 
 def _nan_weight(root: Path) -> str:
-    tensors = load_file(root / SHARD2)
-    name = next(n for n in sorted(tensors) if n.endswith("down_proj.weight"))
-    tensors[name][5, 7] = float("nan")
-    save_file(tensors, root / SHARD2, metadata={"format": "pt"})
-    return name
+    return edit_shard(root / SHARD2, lambda n: n.endswith("down_proj.weight"), poison_nan)
 
 
 DAMAGES = {

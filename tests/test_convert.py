@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,21 +10,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import RECIPES
 from qtools.checkpoint.hf import Checkpoint
 from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.numerics.fp8 import quantize_fp8_block
 from qtools.recipe import load_recipe
+from qtools.testing.files import RECIPES_DIR as RECIPES
+from qtools.testing.files import tree_digest
 from qtools.verify import verify_checkpoint
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def load_all(root: Path) -> dict[str, torch.Tensor]:

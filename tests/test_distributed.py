@@ -6,10 +6,9 @@ import socket
 import subprocess
 import sys
 
-from test_convert import tree_digest
-
 from qtools.convert import convert_checkpoint
 from qtools.convert.distributed import assign_shards
+from qtools.testing.files import edit_shard, poison_nan, tree_digest
 from qtools.verify import verify_checkpoint
 
 
@@ -49,10 +48,8 @@ def test_two_gloo_ranks_equal_single_process(synth_checkpoint, tmp_path, fp8_rec
 def test_a_failing_rank_fails_the_whole_run(synth_checkpoint, tmp_path):
     import shutil
 
-    from test_bad_input import _nan_weight
-
     source = shutil.copytree(synth_checkpoint, tmp_path / "src")
-    name = _nan_weight(source)
+    name = edit_shard(source / "model-00002-of-00003.safetensors", lambda n: n.endswith("down_proj.weight"), poison_nan)
     out = tmp_path / "ranks"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),

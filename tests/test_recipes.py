@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import RECIPES
 from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.recipe import Recipe, load_recipe, matches
+from qtools.testing.files import RECIPES_DIR as RECIPES
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)

@@ -18,8 +18,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def fp8_output(synth_checkpoint, tmp_path_factory):
-    from conftest import RECIPES
     from qtools.recipe import load_recipe
+    from qtools.testing.files import RECIPES_DIR as RECIPES
 
     out = tmp_path_factory.mktemp("verify") / "fp8"
     convert_checkpoint(synth_checkpoint, out, load_recipe(RECIPES / "fp8-block.yaml"))
