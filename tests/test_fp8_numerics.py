@@ -78,9 +78,10 @@ def test_zero_block_has_finite_scale_and_dequantises_to_zero():
     assert (dequantize_fp8_block(codes, scales)[:128, 128:] == 0).all()
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_weight_is_an_error(bad):
-    weight = torch.randn(300, 200).bfloat16()
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bad", [math.nan, -math.nan, math.inf, -math.inf])
+def test_non_finite_weight_is_an_error(bad, dtype):
+    weight = torch.randn(300, 200).to(dtype)
     weight[299, 199] = bad
     with pytest.raises(NonFiniteWeightError):
         quantize_fp8_block(weight)

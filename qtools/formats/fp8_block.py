@@ -104,7 +104,9 @@ def compressed_tensors_fp8_config(block: tuple[int, int], kept_modules: list[str
         },
         "format": "float-quantized",
         "global_compression_ratio": None,
-        "ignore": sorted(set(kept_modules) | {"lm_head"}),
+        # The embedding is no Linear, so loaders skip it anyway; listing it lets name-based tools
+        # (compressed-tensors' dequantisers) know it carries no scale.
+        "ignore": sorted(set(kept_modules) | {"lm_head", "model.embed_tokens"}),
         "kv_cache_scheme": None,
         "quant_method": "compressed-tensors",
         "quantization_status": "compressed",
