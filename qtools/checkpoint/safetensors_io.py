@@ -8,6 +8,7 @@ it, so memory never holds more than the tensor in hand.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -160,107 +161,118 @@ def _layout(specs: list[TensorSpec]) -> list[TensorSpec]:
 
 
 class StreamingWriter:
-    """Writes a safetensors file tensor by tensor in a fixed planned order, atomically.
+    """Writes a safetensors file atomically, tensor by tensor, in any order, from a plan of names, dtypes and shapes.
 
-    Data goes to `<path>.partial`; `close()` checks every planned tensor was written, fsyncs and renames it
-    into place. The SHA-256 of the final file is computed on the way.
+    The header (and so every tensor's byte range) is fixed up front, so each tensor's bytes go straight to their
+    place with positional writes, in parts (leading rows first) if need be. Data goes to `<path>.partial`;
+    `close()` checks every planned byte was written, fsyncs, hashes the file and renames it into place.
     """
 
     def __init__(self, path: Path, specs: list[TensorSpec], metadata: dict[str, str] | None = None):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self.order = _layout(specs)
+        self.specs = {spec.name: spec for spec in specs}
         header: dict[str, object] = {}
         if metadata:
             header["__metadata__"] = dict(metadata)
+        offsets = {}
         offset = 0
-        for spec in self.order:
+        for spec in _layout(specs):
             header[spec.name] = {
                 "dtype": NAME_BY_DTYPE[spec.dtype],
                 "shape": list(spec.shape),
                 "data_offsets": [offset, offset + spec.nbytes],
             }
+            offsets[spec.name] = offset
             offset += spec.nbytes
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)
-        self.size = 8 + len(encoded) + offset
-        self._next = 0
-        self._written = 0
-        self._hash = hashlib.sha256()
+        data_start = 8 + len(encoded)
+        self.size = data_start + offset
+        self._start = {name: data_start + o for name, o in offsets.items()}
+        self._written = dict.fromkeys(self.specs, 0)
         self._handle = open(self.partial, "wb")
-        self._write(struct.pack("<Q", len(encoded)) + encoded)
+        self._reserve()
+        self._pwrite(struct.pack("<Q", len(encoded)) + encoded, 0)
 
-    def _write(self, data) -> None:
+    def _reserve(self) -> None:
+        # Claiming the whole file up front makes a full disk fail now, before any work, where the filesystem can.
         try:
-            self._handle.write(data)
+            os.posix_fallocate(self._handle.fileno(), 0, self.size)
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return
+            self.abort()
+            raise QtoolsError(f"{self.partial}: write failed ({error.strerror})") from error
+
+    def _pwrite(self, data, position: int) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view.nbytes:
+                done = os.pwrite(self._handle.fileno(), view, position)
+                view, position = view[done:], position + done
         except OSError as error:
             self.abort()
             raise QtoolsError(f"{self.partial}: write failed ({error.strerror})") from error
-        self._hash.update(data)
 
     @property
-    def pending(self) -> TensorSpec | None:
-        """The tensor the writer expects next, or None once all are written."""
-        return self.order[self._next] if self._next < len(self.order) else None
+    def unfinished(self) -> list[str]:
+        """Names of planned tensors not completely written yet."""
+        return [name for name, spec in self.specs.items() if self._written[name] != spec.nbytes]
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Write the whole next tensor; it must be the one `pending` names, with the planned dtype and shape."""
-        spec = self._expect(name)
-        if tuple(tensor.shape) != spec.shape:
-            raise RuntimeError(f"{name}: planned shape {spec.shape}, got {tuple(tensor.shape)}")
+        """Write a whole tensor; it must have the planned dtype and shape and not be started yet."""
+        spec = self.specs[name]
+        if tuple(tensor.shape) != spec.shape or self._written[name]:
+            raise RuntimeError(f"{name}: planned shape {spec.shape}, got {tuple(tensor.shape)} (or already begun)")
         self.write_part(name, tensor)
 
     def write_part(self, name: str, part: torch.Tensor) -> None:
-        """Write the next slice (leading rows) of the pending tensor; the tensor is done once all bytes are in."""
-        spec = self._expect(name)
+        """Write the next slice (following rows) of tensor `name`; it is done once all its bytes are in."""
+        spec = self.specs[name]
         if part.dtype != spec.dtype:
             raise RuntimeError(f"{name}: planned {spec.dtype}, got {part.dtype}")
         data = part.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
-        self._advance(spec, data.nbytes)
-        self._write(memoryview(data))
+        self._pwrite(data, self._advance(spec, data.nbytes))
 
     def copy_part(self, name: str, source: Path, start: int, nbytes: int, chunk_bytes: int = 64 << 20) -> None:
-        """Copy the pending tensor's bytes verbatim from `source` (a passthrough tensor), in bounded chunks."""
-        spec = self._expect(name)
-        self._advance(spec, nbytes)
+        """Copy tensor `name`'s bytes verbatim from `source` (a passthrough tensor), in bounded chunks."""
+        spec = self.specs[name]
+        position = self._advance(spec, nbytes)
+        buffer = bytearray(min(chunk_bytes, nbytes))
         with open(source, "rb", buffering=0) as handle:
             handle.seek(start)
             left = nbytes
             while left:
-                chunk = handle.read(min(chunk_bytes, left))
-                if not chunk:
+                got = handle.readinto(memoryview(buffer)[: min(len(buffer), left)])
+                if not got:
                     self.abort()
                     raise QtoolsError(f"{source}: truncated while copying tensor {name!r}")
-                self._write(chunk)
-                left -= len(chunk)
+                self._pwrite(memoryview(buffer)[:got], position)
+                position, left = position + got, left - got
 
-    def _expect(self, name: str) -> TensorSpec:
-        spec = self.pending
-        if spec is None or spec.name != name:
-            raise RuntimeError(f"write order broken: got {name!r}, expected {spec.name if spec else None!r}")
-        return spec
-
-    def _advance(self, spec: TensorSpec, nbytes: int) -> None:
-        self._written += nbytes
-        if self._written > spec.nbytes:
-            raise RuntimeError(f"{spec.name}: more bytes than planned ({self._written} > {spec.nbytes})")
-        if self._written == spec.nbytes:
-            self._next += 1
-            self._written = 0
+    def _advance(self, spec: TensorSpec, nbytes: int) -> int:
+        """Reserve the next `nbytes` of tensor `spec`; returns their absolute file position."""
+        position = self._start[spec.name] + self._written[spec.name]
+        self._written[spec.name] += nbytes
+        if self._written[spec.name] > spec.nbytes:
+            raise RuntimeError(f"{spec.name}: more bytes than planned ({self._written[spec.name]} > {spec.nbytes})")
+        return position
 
     def close(self) -> str:
-        """Finish the file: fsync, rename into place, return its SHA-256 hex digest."""
-        if self.pending is not None:
-            raise RuntimeError(f"{self.path}: closed before {self.pending.name!r} was written")
+        """Finish the file: check it is complete, fsync, rename into place; returns its SHA-256 hex digest."""
+        if self.unfinished:
+            raise RuntimeError(f"{self.path}: closed before {self.unfinished[0]!r} was written")
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
+            digest = file_sha256(self.partial)
             os.replace(self.partial, self.path)
         except OSError as error:
             self.abort()
             raise QtoolsError(f"{self.path}: could not finish writing ({error.strerror})") from error
-        return self._hash.hexdigest()
+        return digest
 
     def abort(self) -> None:
         """Drop the partial file."""

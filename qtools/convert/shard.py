@@ -1,8 +1,10 @@
-"""Converting one shard: stream its tensors into an output shard of the same name, tensor by tensor.
+"""Converting one shard: stream its tensors into an output shard of the same name.
 
-Quantised weights are read 128 rows at a time, twice: once for the block scales (written first, since the
-widest dtypes lead the file) and once for the codes. Passthrough tensors are copied byte for byte. Memory stays
-at one row of blocks plus one copy chunk, whatever the tensor or shard size.
+Tensors are visited in the order they lie in the source file, so the source is read once, front to back.
+Quantised weights are read 128 rows at a time: each row of blocks gives its scales and codes at once, and the
+codes go straight to their planned place in the output (the layout is fixed before any data is written).
+Passthrough tensors are copied byte for byte. Memory stays at one row of blocks plus one copy chunk, whatever the
+tensor or shard size.
 """
 
 from __future__ import annotations
@@ -33,13 +35,27 @@ class ShardRecord:
     kept: int
 
 
-def _scales(reader: SafetensorsReader, action: TensorAction, block, device) -> torch.Tensor:
+def _quantize_tensor(
+    reader: SafetensorsReader,
+    writer: StreamingWriter,
+    action: TensorAction,
+    block: tuple[int, int],
+    scale_dtype: torch.dtype,
+    device: str,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
     info = action.source
+    codes_spec, scale_spec = action.outputs
     bo, bi = block
-    rows = [
-        block_row_scales(reader.read_rows(info.name, first, bo).to(device), bi) for first in range(0, info.shape[0], bo)
-    ]
-    return torch.stack(rows) if rows else torch.empty(0, (info.shape[1] + bi - 1) // bi)
+    scale_rows = []
+    for first in range(0, info.shape[0], bo):
+        rows = reader.read_rows(info.name, first, bo).to(device)
+        # Codes are computed with the scale exactly as stored, so a bf16 scale is rounded first.
+        scales = block_row_scales(rows, bi).to(scale_dtype)
+        writer.write_part(codes_spec.name, quantize_block_row(rows, scales.float(), bi).cpu())
+        scale_rows.append(scales.cpu())
+        _report(on_bytes, rows.numel() * rows.element_size())
+    writer.write(scale_spec.name, torch.stack(scale_rows) if scale_rows else torch.empty(scale_spec.shape))
 
 
 def convert_shard(
@@ -53,33 +69,17 @@ def convert_shard(
 ) -> ShardRecord:
     """Convert the shard file `source` into `destination` (written atomically) following `actions`."""
     reader = SafetensorsReader(source)
-    producers: dict[str, tuple[str, TensorAction]] = {}
-    for action in actions:
-        for index, spec in enumerate(action.outputs):
-            producers[spec.name] = ("scale" if index == 1 else "main", action)
     specs = [spec for action in actions for spec in action.outputs]
     writer = StreamingWriter(destination, specs, metadata={"format": "pt"})
-    scales: dict[str, torch.Tensor] = {}
-    bo, bi = block
     try:
-        while (spec := writer.pending) is not None:
-            role, action = producers[spec.name]
+        for action in sorted(actions, key=lambda a: a.source.start):
             info = action.source
+            if not action.quantize:
+                writer.copy_part(info.name, source, info.start, info.nbytes)
+                _report(on_bytes, info.nbytes)
+                continue
             try:
-                if not action.quantize:
-                    writer.copy_part(spec.name, source, info.start, info.nbytes)
-                    _report(on_bytes, info.nbytes)
-                elif role == "scale":
-                    # Codes are computed with the scale exactly as stored, so a bf16 scale is rounded first.
-                    stored = _scales(reader, action, block, device).to(SCALE_DTYPES[scale_dtype])
-                    scales[info.name] = stored.float()
-                    writer.write(spec.name, stored.cpu())
-                else:
-                    row_scales = scales.pop(info.name)
-                    for block_row, first in enumerate(range(0, info.shape[0], bo)):
-                        rows = reader.read_rows(info.name, first, bo).to(device)
-                        writer.write_part(spec.name, quantize_block_row(rows, row_scales[block_row], bi).cpu())
-                        _report(on_bytes, rows.numel() * rows.element_size())
+                _quantize_tensor(reader, writer, action, block, SCALE_DTYPES[scale_dtype], device, on_bytes)
             except NonFiniteWeightError as error:
                 raise QtoolsError(f"{source}: tensor {info.name!r}: {error}") from error
         sha256 = writer.close()
