@@ -39,7 +39,9 @@ def convert(
     format: Annotated[
         str | None, typer.Option("--format", help="hf-fp8 or compressed-tensors (overrides the recipe)")
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="worker processes on this machine")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=0, help="worker processes on this machine; 0 = one per core, up to the shard count")
+    ] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda: where the quantisation arithmetic runs")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="discard an earlier run with another recipe or source")] = False,
 ) -> None:

@@ -6,13 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from qtools.checkpoint.safetensors_io import (
-    SafetensorsReader,
-    StreamingWriter,
-    TensorSpec,
-    file_sha256,
-    read_header,
-)
+from qtools.checkpoint.safetensors_io import SafetensorsReader, StreamingWriter, TensorSpec, read_header, shard_digest
 from qtools.errors import QtoolsError
 
 TENSORS = {
@@ -41,7 +35,7 @@ def test_streamed_file_loads_with_safetensors_and_is_aligned(tmp_path):
         writer.write_part(name, tensor[:half])
         writer.write_part(name, tensor[half:])
     digest = writer.close()
-    assert digest == file_sha256(path) and not path.with_name(path.name + ".partial").exists()
+    assert digest == shard_digest(path) and not path.with_name(path.name + ".partial").exists()
     loaded = load_file(path)
     assert all(torch.equal(_bits(loaded[n]), _bits(t)) for n, t in TENSORS.items())
     infos, metadata = read_header(path)

@@ -191,9 +191,11 @@ class StreamingWriter:
         self.size = data_start + offset
         self._start = {name: data_start + o for name, o in offsets.items()}
         self._written = dict.fromkeys(self.specs, 0)
+        self._header = struct.pack("<Q", len(encoded)) + encoded
+        self._hashers = {name: hashlib.sha256() for name in self.specs}
         self._handle = open(self.partial, "wb")
         self._reserve()
-        self._pwrite(struct.pack("<Q", len(encoded)) + encoded, 0)
+        self._pwrite(self._header, 0)
 
     def _reserve(self) -> None:
         # Claiming the whole file up front makes a full disk fail now, before any work, where the filesystem can.
@@ -234,6 +236,7 @@ class StreamingWriter:
             raise RuntimeError(f"{name}: planned {spec.dtype}, got {part.dtype}")
         data = part.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy()
         self._pwrite(data, self._advance(spec, data.nbytes))
+        self._hashers[name].update(data)
 
     def copy_part(self, name: str, source: Path, start: int, nbytes: int, chunk_bytes: int = 64 << 20) -> None:
         """Copy tensor `name`'s bytes verbatim from `source` (a passthrough tensor), in bounded chunks."""
@@ -249,6 +252,7 @@ class StreamingWriter:
                     self.abort()
                     raise QtoolsError(f"{source}: truncated while copying tensor {name!r}")
                 self._pwrite(memoryview(buffer)[:got], position)
+                self._hashers[name].update(memoryview(buffer)[:got])
                 position, left = position + got, left - got
 
     def _advance(self, spec: TensorSpec, nbytes: int) -> int:
@@ -260,14 +264,15 @@ class StreamingWriter:
         return position
 
     def close(self) -> str:
-        """Finish the file: check it is complete, fsync, rename into place; returns its SHA-256 hex digest."""
+        """Finish the file: check it is complete, fsync, rename into place; returns its `shard_digest`."""
         if self.unfinished:
             raise RuntimeError(f"{self.path}: closed before {self.unfinished[0]!r} was written")
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
-            digest = file_sha256(self.partial)
+            order = sorted(self._start, key=self._start.__getitem__)
+            digest = _combine_digests(self._header, [self._hashers[name].digest() for name in order])
             os.replace(self.partial, self.path)
         except OSError as error:
             self.abort()
@@ -279,6 +284,39 @@ class StreamingWriter:
         if not self._handle.closed:
             self._handle.close()
         self.partial.unlink(missing_ok=True)
+
+
+def _combine_digests(header: bytes, tensor_digests: list[bytes]) -> str:
+    return hashlib.sha256(hashlib.sha256(header).digest() + b"".join(tensor_digests)).hexdigest()
+
+
+def shard_digest(path: Path, chunk_bytes: int = 16 * 1024 * 1024) -> str:
+    """SHA-256 over a safetensors file's header and the SHA-256 of each tensor's bytes, in file order.
+
+    It covers every byte of the file, like a plain SHA-256, but a writer can compute it while placing tensors
+    out of order, without reading the file back. Raises QtoolsError for a corrupt file.
+    """
+    infos, _ = read_header(path)
+    order = sorted(infos.values(), key=lambda info: info.start)
+    with open(path, "rb") as handle:
+        header_len = struct.unpack("<Q", handle.read(8))[0]
+        handle.seek(0)
+        header = handle.read(8 + header_len)
+        digests = []
+        for info in order:
+            hasher = hashlib.sha256()
+            handle.seek(info.start)
+            left = info.nbytes
+            while left:
+                chunk = handle.read(min(chunk_bytes, left))
+                if not chunk:
+                    raise QtoolsError(f"{path}: truncated")
+                hasher.update(chunk)
+                left -= len(chunk)
+            digests.append(hasher.digest())
+        if handle.seek(0, os.SEEK_END) != (order[-1].end if order else len(header)):
+            raise QtoolsError(f"{path}: holds bytes past its last tensor")
+    return _combine_digests(header, digests)
 
 
 def file_sha256(path: Path, chunk_bytes: int = 16 * 1024 * 1024) -> str:

@@ -97,6 +97,8 @@ def _convert_shards(
         if hooks.on_shard_done:
             hooks.on_shard_done(record.file)
 
+    if workers <= 0:
+        workers = default_workers(len(shards), sum(plan.shard_source_bytes(s) for s in shards))
     if workers <= 1 or len(shards) <= 1:
         records = []
         for shard in shards:
@@ -138,6 +140,19 @@ def _convert_shards(
         _drain(queue, hooks.on_bytes)
     manager.shutdown()
     return records
+
+
+# Below this much work, starting worker processes (each imports torch) costs more than it saves.
+_WORKERS_WORTH_IT_BYTES = 1 << 30
+
+
+def default_workers(shards: int, source_bytes: int) -> int:
+    """One single-threaded worker per core of this rank (up to the shards at hand): small torch ops scale far
+    better across processes than across intra-op threads, and one worker's I/O overlaps another's arithmetic."""
+    if source_bytes < _WORKERS_WORTH_IT_BYTES:
+        return 1
+    cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(cores, shards))
 
 
 def _drain(queue, on_bytes) -> None:
@@ -192,7 +207,7 @@ def convert_checkpoint(
     source: str | Path,
     destination: str | Path,
     recipe: Recipe,
-    workers: int = 1,
+    workers: int = 0,
     device: str = "cpu",
     overwrite: bool = False,
     hooks: ProgressHooks | None = None,

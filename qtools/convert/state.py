@@ -1,7 +1,8 @@
 """The resume state an output checkpoint carries in `DST/.qtools/`.
 
 `plan.json` names the source, its fingerprint and the recipe; `shards/<file>.json` records each finished output
-shard's size and SHA-256. A rerun trusts a shard only when its record exists and the file still matches it.
+shard's size and digest (`shard_digest`: SHA-256 over the header and each tensor's SHA-256). A rerun trusts
+a shard only when its record exists and the file still matches it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from qtools.checkpoint.hf import INDEX_NAME, STATE_DIR, Checkpoint
-from qtools.checkpoint.safetensors_io import file_sha256, write_atomic
+from qtools.checkpoint.safetensors_io import shard_digest, write_atomic
 from qtools.convert.shard import ShardRecord
 from qtools.errors import QtoolsError
 
@@ -85,4 +86,7 @@ def finished_record(destination: Path, shard: str) -> ShardRecord | None:
     path = destination / shard
     if record is None or not path.is_file() or path.stat().st_size != record.size:
         return None
-    return record if file_sha256(path) == record.sha256 else None
+    try:
+        return record if shard_digest(path) == record.sha256 else None
+    except QtoolsError:
+        return None

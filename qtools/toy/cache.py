@@ -1,0 +1,74 @@
+"""A cache of built toy models, keyed by everything that decides the weights.
+
+The key hashes the recipe, the source of `qtools.toy` and `qtools.chat` (data, template, training code), the
+Python version (the training code is its standard library) and the torch, transformers and tokenizers
+versions. A build goes to a temporary sibling directory and is renamed into place only once it has passed
+its gate, so an interrupted or failed build is never reused and concurrent builders do not clash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import tokenizers
+import torch
+import transformers
+
+from qtools.toy.build import GATE_FILE, build_toy_model
+from qtools.toy.recipe import ToyRecipe
+
+CACHE_ENV = "QTOOLS_CACHE"
+
+
+def cache_root() -> Path:
+    """`$QTOOLS_CACHE`, else `~/.cache/qtools`."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "qtools")
+
+
+def _package_sources(package: str) -> list[tuple[str, bytes]]:
+    root = resources.files(package)
+    found = []
+    for entry in sorted(Path(str(root)).rglob("*")):
+        if entry.is_file() and entry.suffix in {".py", ".jinja", ".json"}:
+            found.append((entry.relative_to(Path(str(root))).as_posix(), entry.read_bytes()))
+    return found
+
+
+def toy_cache_key(recipe: ToyRecipe, seed: int) -> str:
+    """Hex digest identifying the weights a build with `recipe` and `seed` produces on this software stack."""
+    digest = hashlib.sha256()
+    versions = (platform.python_version(), torch.__version__, transformers.__version__, tokenizers.__version__)
+    for part in (recipe.sha256(), str(seed), *versions):
+        digest.update(part.encode() + b"\0")
+    for package in ("qtools.toy", "qtools.chat"):
+        for name, content in _package_sources(package):
+            digest.update(f"{package}/{name}".encode() + b"\0" + hashlib.sha256(content).digest())
+    return digest.hexdigest()
+
+
+def cached_toy_model(recipe: ToyRecipe | None = None, seed: int = 0, root: Path | None = None) -> Path:
+    """Directory of the toy model for `recipe` and `seed`, building it first when the cache lacks it."""
+    recipe = recipe or ToyRecipe()
+    root = root or cache_root()
+    target = root / f"toy-{toy_cache_key(recipe, seed)[:16]}"
+    if (target / GATE_FILE).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.building-", dir=root))
+    try:
+        build_toy_model(staging, seed=seed, recipe=recipe)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / GATE_FILE).is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
