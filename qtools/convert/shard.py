@@ -24,7 +24,7 @@ from qtools.numerics.fp8 import NonFiniteWeightError, block_row_scales, quantize
 
 @dataclass
 class ShardRecord:
-    """A finished output shard: its size, SHA-256 and the tensors (name -> bytes) it holds."""
+    """A finished output shard: its size, `shard_digest` and the tensors (name -> bytes) it holds."""
 
     file: str
     size: int

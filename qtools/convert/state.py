@@ -1,7 +1,7 @@
 """The resume state an output checkpoint carries in `DST/.qtools/`.
 
 `plan.json` names the source, its fingerprint and the recipe; `shards/<file>.json` records each finished output
-shard's size and digest (`shard_digest`: SHA-256 over the header and each tensor's SHA-256). A rerun trusts
+shard's size and digest (`shard_digest`: SHA-256 over the header and each tensor's CRC-32). A rerun trusts
 a shard only when its record exists and the file still matches it.
 """
 
@@ -81,7 +81,7 @@ def load_record(destination: Path, shard: str) -> ShardRecord | None:
 
 
 def finished_record(destination: Path, shard: str) -> ShardRecord | None:
-    """The shard's record if the output file exists and matches its recorded size and SHA-256, else None."""
+    """The shard's record if the output file exists and matches its recorded size and digest, else None."""
     record = load_record(destination, shard)
     path = destination / shard
     if record is None or not path.is_file() or path.stat().st_size != record.size:
