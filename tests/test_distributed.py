@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun_convert(source, destination) -> subprocess.CompletedProcess:
+    """`qtools convert` under torchrun with two CPU ranks."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        "-m", "qtools.cli", "convert", str(source), str(destination),
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_assign_shards_balances_bytes_deterministically():
     sizes = {"a": 10, "b": 9, "c": 5, "d": 4, "e": 1}
     shares = assign_shards(sizes, 2)
@@ -31,11 +41,7 @@ def test_two_gloo_ranks_equal_single_process(synth_checkpoint, tmp_path, fp8_rec
     single = tmp_path / "single"
     convert_checkpoint(synth_checkpoint, single, fp8_recipe)
     out = tmp_path / "ranks"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-        "-m", "qtools.cli", "convert", str(synth_checkpoint), str(out),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = torchrun_convert(synth_checkpoint, out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert verify_checkpoint(out).ok
 
@@ -46,16 +52,10 @@ def test_two_gloo_ranks_equal_single_process(synth_checkpoint, tmp_path, fp8_rec
 
 
 def test_a_failing_rank_fails_the_whole_run(synth_checkpoint, tmp_path):
-    import shutil
-
     source = shutil.copytree(synth_checkpoint, tmp_path / "src")
     name = edit_shard(source / "model-00002-of-00003.safetensors", lambda n: n.endswith("down_proj.weight"), poison_nan)
     out = tmp_path / "ranks"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-        "-m", "qtools.cli", "convert", str(source), str(out),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = torchrun_convert(source, out)
     assert result.returncode != 0
     assert name in result.stderr
     assert not (out / "model.safetensors.index.json").exists()
