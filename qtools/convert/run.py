@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import torch
@@ -115,7 +115,10 @@ def _convert_shards(
             records.append(record)
             done(record)
         return records
-    context = get_context("spawn")
+    # Forking skips re-importing torch in every worker (seconds each); CUDA cannot survive a fork, so GPU runs
+    # and platforms without fork spawn fresh interpreters.
+    forkable = not device.startswith("cuda") and "fork" in get_all_start_methods()
+    context = get_context("fork" if forkable else "spawn")
     manager = context.Manager()
     queue = manager.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
