@@ -47,7 +47,8 @@ model_free_ptq(src, dst, scheme="FP8_BLOCK", ignore=json.loads(ignore), max_work
 # processes), not the peak of a big parent it was forked from, which Linux carries across exec.
 RUSAGE_WRAPPER = """import resource, subprocess, sys
 code = subprocess.call(sys.argv[2:])
-open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{usage.ru_maxrss * 1024} {usage.ru_utime + usage.ru_stime}")
 sys.exit(code)
 """
 STARTUP = {"qtools": "import qtools.cli, qtools.convert", "llm-compressor": "from llmcompressor import model_free_ptq"}
@@ -65,6 +66,7 @@ class Measured:
     seconds: float
     peak_rss: int
     peak_tree_pss: int
+    cpu_seconds: float  # user + system time of the whole process tree: robust to other load on the machine
 
 
 def bench_spec(layers: int, experts: int, vocab: int, shard_gb: float) -> SynthSpec:
@@ -158,7 +160,8 @@ def run_measured(command: list[str], log: Path, threads: int | None, interval: f
     if wrapper.returncode != 0:
         sys.stderr.write(log.read_text(errors="replace")[-4000:])
         raise SystemExit(f"failed ({wrapper.returncode}): {' '.join(command)}")
-    return Measured(seconds, int(rss_file.read_text()), peak_pss)
+    peak_rss, cpu_seconds = rss_file.read_text().split()
+    return Measured(seconds, int(peak_rss), peak_pss, float(cpu_seconds))
 
 
 def time_read(path: Path, cold: bool) -> float:
@@ -273,6 +276,8 @@ def row(name: str, layers: int, nbytes: int, seconds: float, measured: Measured 
         "gb_per_second": nbytes / 1e9 / seconds,
         "peak_rss": measured.peak_rss if measured else None,
         "peak_tree_pss": measured.peak_tree_pss if measured else None,
+        "cpu_seconds": measured.cpu_seconds if measured else None,
+        "gb_per_cpu_second": nbytes / 1e9 / measured.cpu_seconds if measured else None,
     }
 
 
@@ -305,6 +310,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
         "ratio_excluding_startup": (llmc_run["seconds"] - llmc_run["startup_seconds"])
         / (qtools_run["seconds"] - qtools_run["startup_seconds"]),
         "fraction_of_read_floor": qtools_run["gb_per_second"] / runs[0]["gb_per_second"],
+        # The same comparison in work done (CPU seconds of each process tree): what other load cannot distort.
+        "cpu_ratio": llmc_run["cpu_seconds"] / qtools_run["cpu_seconds"],
         "qtools_peak_bytes": max(qtools_run["peak_rss"], qtools_run["peak_tree_pss"]),
     }
     if not args.no_double:
@@ -340,7 +347,7 @@ def report(results: dict, console: Console) -> None:
         f"CPUs, {env['memory_gb']} GB RAM), workers {results['settings']['workers']}, threads {threads}"
     )
     table = Table(title=title)
-    columns = ("run", "layers", "GB BF16", "seconds", "startup s", "GB/s", "peak RSS GB", "tree PSS GB")
+    columns = ("run", "layers", "GB BF16", "seconds", "startup s", "GB/s", "CPU s", "peak RSS GB", "tree PSS GB")
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
 
@@ -356,6 +363,7 @@ def report(results: dict, console: Console) -> None:
             f"{run['seconds']:.1f}",
             startup,
             f"{run['gb_per_second']:.3f}",
+            "" if run["cpu_seconds"] is None else f"{run['cpu_seconds']:.1f}",
             gb(run["peak_rss"]),
             gb(run["peak_tree_pss"]),
         )
@@ -367,6 +375,7 @@ def report(results: dict, console: Console) -> None:
         f"throughput qtools / llm-compressor: {summary['ratio']:.2f}x (target >= {TARGET_RATIO}x); "
         f"{summary['ratio_excluding_startup']:.2f}x leaving out Python start-up and imports"
     )
+    console.print(f"CPU seconds llm-compressor / qtools: {summary['cpu_ratio']:.2f}x")
     console.print(f"qtools peak memory: {summary['qtools_peak_bytes'] / 1e9:.2f} GB (target < {TARGET_PEAK_GB} GB)")
     if "rss_growth_double_layers" in summary:
         console.print(f"qtools peak RSS, twice the layers / once: x{summary['rss_growth_double_layers']:.3f}")
@@ -379,7 +388,9 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=16, help="experts per layer")
     parser.add_argument("--vocab", type=int, default=2048, help="vocabulary size (embed_tokens and lm_head)")
     parser.add_argument("--shard-gb", type=float, default=2.0, help="shard size; real Qwen shards are 4-10 GB")
-    parser.add_argument("--workers", type=int, default=1, help="qtools --workers and model_free_ptq max_workers")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="qtools --workers and model_free_ptq max_workers (default: 2)"
+    )
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both tools (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda, for both tools")
     parser.add_argument("--format", choices=sorted(RECIPES), default="compressed-tensors", help="qtools output")
