@@ -237,6 +237,18 @@ def test_fp8_logits_equal_dense_model_with_dequantized_weights(fmt, fp8_checkpoi
             assert _sqnr_db(linear.dequantize(torch.float32), exact) > MIN_WEIGHT_SQNR_DB, name
 
 
+def test_cached_dequantized_weights_give_the_same_logits(fp8_checkpoints):
+    ids = _ids(2, 11, 500)
+    plain = load_model(fp8_checkpoints["hf-fp8"])
+    cached = load_model(fp8_checkpoints["hf-fp8"], cache_dequantized=True)
+    first = cached(ids)
+    assert torch.equal(first, plain(ids)) and torch.equal(cached(ids), first)
+    expert = cached.layers[0].mlp.experts[0].gate_proj
+    assert expert.dequantize(torch.bfloat16) is expert.dequantize(torch.bfloat16)
+    uncached = plain.layers[0].mlp.experts[0].gate_proj
+    assert uncached.dequantize(torch.bfloat16) is not uncached.dequantize(torch.bfloat16)
+
+
 def test_act_quant_follows_the_checkpoint_and_stays_close(fp8_checkpoints, synth_checkpoint):
     assert load_model(synth_checkpoint).info.act_quant is False
     quantized = load_model(fp8_checkpoints["hf-fp8"], dtype=torch.float32)

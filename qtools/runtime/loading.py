@@ -33,6 +33,7 @@ class CheckpointLoader:
         dtype: torch.dtype = torch.bfloat16,
         backend: str = "torch",
         act_quant: bool | None = None,
+        cache_dequantized: bool = False,
     ):
         checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint)
         device = torch.device(device)
@@ -40,7 +41,7 @@ class CheckpointLoader:
         self.config = ModelConfig.from_dict(checkpoint.config)
         self.format = detect_format(checkpoint.config)
         act_quant = self.format.dynamic_activations if act_quant is None else act_quant
-        self.options = LoadOptions(device, dtype, resolve_backend(backend, device), act_quant)
+        self.options = LoadOptions(device, dtype, resolve_backend(backend, device), act_quant, cache_dequantized)
         self.rotary = RotaryEmbedding(self.config).to(device)
 
     def linear(self, module: str, shape: tuple[int, int]) -> RuntimeLinear:
@@ -118,6 +119,7 @@ def load_model(
     stream_layers: bool = False,
     dtype: torch.dtype = torch.bfloat16,
     act_quant: bool | None = None,
+    cache_dequantized: bool = False,
 ) -> Qwen3MoeModel:
     """Load a BF16, hf-fp8 or compressed-tensors FP8_BLOCK Qwen3-MoE checkpoint; `model(ids [B, T])` gives
     float32 logits [B, T, vocab].
@@ -127,7 +129,9 @@ def load_model(
     stream_layers: keep one decoder layer in memory at a time (see `Qwen3MoeModel.forward_streamed`).
     act_quant: simulate the served model's dynamic per-token-group FP8 activation quantisation in FP8 linears;
         None (default) follows the checkpoint's quantization_config, i.e. on for FP8 block-wise checkpoints.
+    cache_dequantized: keep every quantised weight's dequantised copy after its first use: the same results,
+        decoding several times faster on the torch backend, memory of a compute-dtype copy of the model.
     `model.info` records the resolved format, backend and act_quant. Raises QtoolsError for an unreadable or
     unsupported checkpoint, naming the file or key.
     """
-    return CheckpointLoader(path, device, dtype, backend, act_quant).model(stream_layers)
+    return CheckpointLoader(path, device, dtype, backend, act_quant, cache_dequantized).model(stream_layers)

@@ -23,12 +23,14 @@ class LinearBackend(Protocol):
 @dataclass(frozen=True)
 class LoadOptions:
     """How weights are placed: compute `dtype` for dense tensors, `device`, the backend and whether FP8 linears
-    simulate dynamic activation quantisation (`act_quant`)."""
+    simulate dynamic activation quantisation (`act_quant`); `cache_dequantized` keeps each quantised weight's
+    dequantised copy after its first use (faster decoding, one compute-dtype copy of every weight in memory)."""
 
     device: torch.device
     dtype: torch.dtype
     backend: LinearBackend
     act_quant: bool
+    cache_dequantized: bool = False
 
 
 class RuntimeLinear(nn.Module):
