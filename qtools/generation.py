@@ -46,7 +46,9 @@ def generate(
         config = copy.deepcopy(generation_config or model.generation_config)
         config.do_sample = True
     else:
-        config = GenerationConfig(do_sample=False)
+        # Explicit neutral values: transformers fills fields a passed config leaves unset from the checkpoint's
+        # generation_config, which would apply its repetition_penalty (1.05 in Qwen3-Coder) to "greedy" decoding.
+        config = GenerationConfig(do_sample=False, repetition_penalty=1.0)
     config.max_new_tokens = max_new_tokens
     config.eos_token_id = eos
     config.pad_token_id = pad
