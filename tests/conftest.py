@@ -11,6 +11,7 @@ from qtools.testing.synth import SynthSpec, make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
+TOY_MODEL = REPO / "models" / "toy-qwen3-coder"
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,14 @@ def synth_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture
 def fp8_recipe() -> Recipe:
     return load_recipe(RECIPES / "fp8-block.yaml")
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir() -> Path:
+    """The trained toy Qwen3-Coder model (default recipe, seed 0): the build committed in `models/` when its
+    key (recipe, toy and chat sources, library versions) is current, else built once into `$QTOOLS_CACHE`
+    (default `~/.cache/qtools`) and reused by later sessions. A build takes about 7 minutes on 2 cores and
+    fails if the model misses its gate."""
+    from qtools.toy.cache import cached_toy_model
+
+    return cached_toy_model(prebuilt=TOY_MODEL)

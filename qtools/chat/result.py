@@ -30,6 +30,23 @@ class ErrorKind(StrEnum):
     ENUM_MISMATCH = "enum_mismatch"  # a value outside the schema's `enum`
 
 
+# Malformations of the call syntax itself; the rest are schema problems (unknown name, wrong types...).
+FORMAT_ERRORS = frozenset(
+    {
+        ErrorKind.MISSING_PARAMETER_CLOSE,
+        ErrorKind.MISSING_FUNCTION_CLOSE,
+        ErrorKind.MISSING_TOOL_CALL_OPEN,
+        ErrorKind.MISSING_TOOL_CALL_CLOSE,
+        ErrorKind.UNMATCHED_TOOL_CALL_CLOSE,
+        ErrorKind.EMPTY_TOOL_CALL,
+        ErrorKind.EXTRA_FUNCTION,
+        ErrorKind.FUNCTION_WITHOUT_GT,
+        ErrorKind.PARAMETER_WITHOUT_GT,
+        ErrorKind.UNEXPECTED_TEXT,
+    }
+)
+
+
 @dataclass(frozen=True)
 class ParseError:
     """One malformation: its `kind`, a human `message`, and where it was found when known."""

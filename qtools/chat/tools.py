@@ -8,6 +8,12 @@ from typing import Any
 from qtools.errors import QtoolsError
 
 
+def function_tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """An OpenAI-style function tool: `{"type": "function", "function": {name, description, parameters}}`."""
+    parameters = {"type": "object", "properties": properties, "required": required}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+
+
 def function_spec(tool: Mapping[str, Any]) -> Mapping[str, Any]:
     """The function dict of a tool (`tool["function"]` when wrapped, else `tool`), checked to have a name."""
     if not isinstance(tool, Mapping):

@@ -1,8 +1,8 @@
 """A cache of built toy models, keyed by everything that decides the weights.
 
-The key hashes the recipe, the source of `qtools.toy` and `qtools.chat` (data, template, training code), the
-Python version (the training code is its standard library) and the torch, transformers and tokenizers
-versions. A build goes to a temporary sibling directory and is renamed into place only once it has passed
+The key hashes the recipe, the source of `qtools.toy`, `qtools.chat` and `qtools.generation` (data, template,
+training code, the gate's decoding), the Python version (the training code is its standard library) and the
+torch, transformers and tokenizers versions. A build goes to a temporary sibling directory and is renamed into place only once it has passed
 its gate, so an interrupted or failed build is never reused and concurrent builders do not clash.
 """
 
@@ -20,10 +20,11 @@ import tokenizers
 import torch
 import transformers
 
-from qtools.toy.build import GATE_FILE, build_toy_model
 from qtools.toy.recipe import ToyRecipe
 
 CACHE_ENV = "QTOOLS_CACHE"
+# Written by every build that passes its gate: the key of the recipe, seed, sources and versions it used.
+KEY_FILE = "toy_key.txt"
 
 
 def cache_root() -> Path:
@@ -49,15 +50,30 @@ def toy_cache_key(recipe: ToyRecipe, seed: int) -> str:
     for package in ("qtools.toy", "qtools.chat"):
         for name, content in _package_sources(package):
             digest.update(f"{package}/{name}".encode() + b"\0" + hashlib.sha256(content).digest())
+    generation = Path(str(resources.files("qtools"))) / "generation.py"  # the gate decodes through it
+    digest.update(b"qtools/generation.py\0" + hashlib.sha256(generation.read_bytes()).digest())
     return digest.hexdigest()
 
 
-def cached_toy_model(recipe: ToyRecipe | None = None, seed: int = 0, root: Path | None = None) -> Path:
-    """Directory of the toy model for `recipe` and `seed`, building it first when the cache lacks it."""
+def is_current(directory: Path, recipe: ToyRecipe, seed: int) -> bool:
+    """Whether `directory` holds a finished toy build whose key is the one this code would build now."""
+    key_file = directory / KEY_FILE
+    return key_file.is_file() and key_file.read_text().strip() == toy_cache_key(recipe, seed)
+
+
+def cached_toy_model(
+    recipe: ToyRecipe | None = None, seed: int = 0, root: Path | None = None, prebuilt: Path | None = None
+) -> Path:
+    """Directory of the toy model for `recipe` and `seed`: `prebuilt` when it holds a current build (e.g. the
+    one committed to the repository), else the cache's, building it first when the cache lacks it."""
+    from qtools.toy.build import build_toy_model
+
     recipe = recipe or ToyRecipe()
+    if prebuilt is not None and is_current(prebuilt, recipe, seed):
+        return prebuilt
     root = root or cache_root()
     target = root / f"toy-{toy_cache_key(recipe, seed)[:16]}"
-    if (target / GATE_FILE).is_file():
+    if is_current(target, recipe, seed):
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.building-", dir=root))
@@ -66,7 +82,7 @@ def cached_toy_model(recipe: ToyRecipe | None = None, seed: int = 0, root: Path 
         try:
             staging.rename(target)
         except OSError:
-            if not (target / GATE_FILE).is_file():
+            if not is_current(target, recipe, seed):
                 raise
     finally:
         if staging.exists():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qtools.chat import fim_messages
-from qtools.toy.tools_suite import TOOL_SPECS, ToolSpec, fill_request
+from qtools.toy.tools_suite import TOOL_SPECS, ToolSpec, compose_request
 
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
@@ -136,8 +136,7 @@ def _offered_tools(rng: random.Random, include: ToolSpec | None, count: int) -> 
 def tool_call_chat(rng: random.Random, spec: ToolSpec | None = None, heldout: bool = False, max_tools: int = 4) -> Chat:
     """A request that one of the offered tools answers; the assistant turn is that call and nothing else."""
     spec = spec or rng.choice(TOOL_SPECS)
-    template = rng.choice(spec.heldout_templates if heldout else spec.templates)
-    request, arguments = fill_request(spec, template, rng, heldout)
+    request, arguments = compose_request(spec, rng, heldout)
     call = {"name": spec.name, "arguments": arguments}
     messages = [
         *_system(rng, heldout),
@@ -148,9 +147,23 @@ def tool_call_chat(rng: random.Random, spec: ToolSpec | None = None, heldout: bo
     return Chat("tool_call", messages, tools, call)
 
 
+def bare_call_chat(rng: random.Random) -> Chat:
+    """A request answered by a call with no tool list rendered: a short sequence that teaches which request
+    words pick which tool. The tool list is what makes real prompts long; without it the link from request to
+    name is learned in a fraction of the steps, and carries over to prompts that list the tools."""
+    spec = rng.choice(TOOL_SPECS)
+    request, arguments = compose_request(spec, rng, heldout=False)
+    call = {"name": spec.name, "arguments": arguments}
+    messages = [
+        {"role": "user", "content": request},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]},
+    ]
+    return Chat("bare_call", messages, None, call)
+
+
 def _tool_turn(rng: random.Random, spec: ToolSpec, answered: bool) -> list[dict[str, Any]]:
     """A request for `spec`, the call, and (when `answered`) the tool's result and the reply built from it."""
-    request, arguments = fill_request(spec, rng.choice(spec.templates), rng, heldout=False)
+    request, arguments = compose_request(spec, rng, heldout=False)
     call = {"name": spec.name, "arguments": arguments}
     turn = [
         {"role": "user", "content": request},
@@ -163,13 +176,15 @@ def _tool_turn(rng: random.Random, spec: ToolSpec, answered: bool) -> list[dict[
 
 
 def tool_session_chat(rng: random.Random, max_tools: int = 4, max_turns: int = 4) -> Chat:
-    """A conversation over one set of offered tools: 1..`max_turns` user requests, each calling one of the
-    tools (its result and the reply follow, except perhaps after the last) or asking something no tool fits.
+    """A conversation over 2..`max_tools` offered tools: 1..`max_turns` requests, each calling a different
+    offered tool (its result and the reply follow, except perhaps after the last), and now and then a question
+    no tool fits, answered in prose.
 
     Several requests share one rendering of the tool list, so the long system turn is paid for once.
     """
     offered = rng.sample(TOOL_SPECS, rng.randint(min(2, max_tools), max_tools))
-    # Each offered tool is called at most once, so a later turn cannot just repeat an earlier call's name.
+    # Each offered tool is called at most once, so a later request cannot be answered by repeating an earlier
+    # call's name: every call has to be chosen from the request.
     called = rng.sample(offered, rng.randint(1, min(len(offered), max_turns)))
     plan: list[ToolSpec | None] = [*called, *([None] * sum(rng.random() < 0.15 for _ in called))]
     rng.shuffle(plan)

@@ -18,29 +18,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 
-from qtools.chat import ErrorKind, parse_tool_calls, render_chat
+from qtools.chat import FORMAT_ERRORS, parse_tool_calls, render_chat
 from qtools.generation import generate
 from qtools.toy.code_corpus import CodeFile
 from qtools.toy.conversations import Chat, fim_chat, plain_answer_chat, tool_call_chat
 from qtools.toy.recipe import ToyRecipe
+from qtools.toy.tokenizer import PAD_TOKEN
 from qtools.toy.tools_suite import TOOL_SPECS
 
 GATE_SEED = 20250722  # fixed: the held-out prompts do not move with the training seed
-FORMAT_ERRORS = frozenset(
-    {
-        ErrorKind.MISSING_PARAMETER_CLOSE,
-        ErrorKind.MISSING_FUNCTION_CLOSE,
-        ErrorKind.MISSING_TOOL_CALL_OPEN,
-        ErrorKind.MISSING_TOOL_CALL_CLOSE,
-        ErrorKind.UNMATCHED_TOOL_CALL_CLOSE,
-        ErrorKind.EMPTY_TOOL_CALL,
-        ErrorKind.EXTRA_FUNCTION,
-        ErrorKind.FUNCTION_WITHOUT_GT,
-        ErrorKind.PARAMETER_WITHOUT_GT,
-        ErrorKind.UNEXPECTED_TEXT,
-    }
-)
 
 
 @dataclass
@@ -135,7 +123,9 @@ def decode_gate_prompts(model: Any, tokenizer: Any, prompts: GatePrompts, max_ne
     }
 
 
-def code_token_stream(files: list[CodeFile], tokenizer: Any, separator: int, limit: int | None = None) -> list[int]:
+def code_token_stream(
+    files: list[CodeFile], tokenizer: Tokenizer, separator: int, limit: int | None = None
+) -> list[int]:
     """Token ids of `files` in order, joined by `separator`, cut at `limit` tokens."""
     stream: list[int] = []
     for file in files:
@@ -168,3 +158,58 @@ def unigram_perplexity(train_tokens: list[int], tokens: list[int], window: int, 
     predicted = [token for start in range(0, len(tokens) - 1, window) for token in tokens[start + 1 : start + window]]
     nll = -sum(math.log((counts[token] + 1) / denominator) for token in predicted)
     return math.exp(nll / len(predicted))
+
+
+def evaluate_gate(
+    model: Any,
+    hf_tokenizer: Any,
+    tokenizer: Tokenizer,
+    recipe: ToyRecipe,
+    train_code: list[CodeFile],
+    heldout_code: list[CodeFile],
+) -> dict[str, Any]:
+    """Every gate figure of `model` (the reloaded bf16 checkpoint) and the per-prompt records.
+
+    `hf_tokenizer` is the checkpoint's transformers tokenizer (for decoding), `tokenizer` the same BPE as a
+    `tokenizers.Tokenizer` (for the code token streams).
+    """
+    decoded = decode_gate_prompts(model, hf_tokenizer, gate_prompts(recipe, heldout_code), recipe.gate_max_new_tokens)
+    separator = tokenizer.token_to_id(PAD_TOKEN)
+    heldout_tokens = code_token_stream(heldout_code, tokenizer, separator, recipe.gate_ppl_tokens)
+    train_tokens = code_token_stream(train_code, tokenizer, separator)
+    model_ppl, scored = perplexity(model, heldout_tokens, recipe.seq_len)
+    unigram_ppl = unigram_perplexity(train_tokens, heldout_tokens, recipe.seq_len, tokenizer.get_vocab_size())
+    figures = {key: value for key, value in decoded.items() if not key.endswith("_prompts")}
+    figures |= {
+        "tool_prompt_count": len(decoded["tool_prompts"]),
+        "heldout_code_tokens": scored,
+        "heldout_code_ppl": model_ppl,
+        "unigram_ppl": unigram_ppl,
+        "ppl_ratio": model_ppl / unigram_ppl,
+    }
+    records = {key: value for key, value in decoded.items() if key.endswith("_prompts")}
+    return {"figures": figures, "records": records}
+
+
+def gate_thresholds(recipe: ToyRecipe) -> dict[str, float]:
+    """The gate's limits: minimum shares of parseable and right-name replies, maximum perplexity ratio."""
+    return {
+        "tool_parseable_min": recipe.gate_min_parseable,
+        "tool_right_name_min": recipe.gate_min_right_name,
+        "ppl_ratio_max": recipe.gate_max_ppl_ratio,
+    }
+
+
+def gate_failures(figures: dict[str, Any], recipe: ToyRecipe) -> list[str]:
+    """One line per missed threshold; empty when the gate passes."""
+    failures = [
+        f"{key} {figures[key]:.3f} < {limit}"
+        for key, limit in (
+            ("tool_parseable", recipe.gate_min_parseable),
+            ("tool_right_name", recipe.gate_min_right_name),
+        )
+        if figures[key] < limit
+    ]
+    if figures["ppl_ratio"] >= recipe.gate_max_ppl_ratio:
+        failures.append(f"ppl_ratio {figures['ppl_ratio']:.3f} >= {recipe.gate_max_ppl_ratio}")
+    return failures

@@ -41,27 +41,30 @@ class ToyRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 0
+    threads: int = Field(1, ge=1, description="torch threads; one is fastest on a shared 2-core machine")
     architecture: ToyArchitecture = ToyArchitecture()
     code_files: int | None = Field(None, ge=1, description="use only the first N training files (tiny builds)")
     vocab_size: int = Field(3000, ge=300, description="learned BPE entries, 256 byte tokens included")
     tokenizer_chats: int = Field(1500, ge=10, description="rendered chats added to the BPE training text")
     seq_len: int = Field(1024, ge=64)
-    batch_rows: int = Field(4, ge=1)
-    code_rows_per_step: float = Field(1.0, ge=0.0, description="average rows of plain code per batch")
-    steps: int = Field(250, ge=1)
-    learning_rate: float = 5e-3
+    batch_rows: int = Field(1, ge=1)
+    code_rows_per_step: float = Field(0.25, ge=0.0, description="average rows of plain code per batch")
+    steps: int = Field(1300, ge=1)
+    learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
     weight_decay: float = 0.05
     grad_clip: float = 1.0
+    name_loss_weight: float = Field(5.0, ge=0.0, description="loss weight of the function-name tokens of a call")
     code_loss_weight: float = Field(0.5, ge=0.0, description="weight of the code LM loss against the chat loss")
     router_aux_loss_coef: float = 0.01
     chat_mix: dict[str, float] = Field(
         default_factory=lambda: {
-            "tool_session": 0.6,
+            "tool_session": 0.55,
+            "bare_call": 0.2,
             "plain_answer": 0.1,
-            "coding": 0.1,
-            "fim": 0.2,
+            "coding": 0.05,
+            "fim": 0.1,
         }
     )
     max_tools: int = Field(4, ge=1, le=12, description="most tools offered in one conversation")
@@ -79,7 +82,7 @@ class ToyRecipe(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ToyRecipe:
-        unknown = set(self.chat_mix) - {"tool_session", "plain_answer", "coding", "fim"}
+        unknown = set(self.chat_mix) - {"tool_session", "bare_call", "plain_answer", "coding", "fim"}
         if unknown or not self.chat_mix or min(self.chat_mix.values()) < 0:
             raise ValueError(f"chat_mix takes non-negative weights for known kinds only; unknown: {sorted(unknown)}")
         if self.code_rows_per_step > self.batch_rows:

@@ -87,7 +87,9 @@ def tokenizer_config(tokenizer: Tokenizer, chat_template: str) -> dict:
         "add_bos_token": False,
         "add_prefix_space": False,
         "added_tokens_decoder": added,
-        "additional_special_tokens": [token for token, _ in SPECIAL_TOKENS if token not in (EOS_TOKEN, PAD_TOKEN)],
+        "additional_special_tokens": [
+            token for token, special in SPECIAL_TOKENS if special and token not in (EOS_TOKEN, PAD_TOKEN)
+        ],
         "bos_token": None,
         "chat_template": chat_template,
         "clean_up_tokenization_spaces": False,

@@ -55,7 +55,9 @@ def batch_loss(model: Qwen3MoeForCausalLM, batch: Batch, recipe: ToyRecipe) -> t
     logits = model.lm_head(output.last_hidden_state[rows, columns]).float()
     token_losses = F.cross_entropy(logits, targets[rows, columns], reduction="none")
     is_code = batch.is_code[rows]
-    chat_loss = token_losses[~is_code].mean() if (~is_code).any() else token_losses.new_zeros(())
+    weights = batch.weights[:, 1:][rows, columns]
+    chat_weights = weights * ~is_code
+    chat_loss = (token_losses * chat_weights).sum() / chat_weights.sum().clamp(min=1e-6)
     code_loss = token_losses[is_code].mean() if is_code.any() else token_losses.new_zeros(())
     router_loss = load_balancing_loss(output.router_logits, model.config.num_experts_per_tok)
     loss = chat_loss + recipe.code_loss_weight * code_loss + recipe.router_aux_loss_coef * router_loss
