@@ -19,7 +19,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from qtools.check.cli import check
 from qtools.errors import QtoolsError
+from qtools.toy.cli import toy_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Quantise and check Qwen3-Coder MoE checkpoints.")
 console = Console(stderr=True)
@@ -130,6 +132,10 @@ def inspect(ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")]) 
     for name, fam in summary.families.items():
         table.add_row(name, ", ".join(sorted(fam.dtypes)), str(fam.tensors), str(fam.scales), f"{fam.bytes / 1e9:.4f}")
     Console().print(table)
+
+
+app.command()(check)
+app.add_typer(toy_app, name="toy")
 
 
 def main() -> None:

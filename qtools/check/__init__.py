@@ -1,0 +1,27 @@
+"""`qtools check`: judge a quantised checkpoint against its reference (see docs/check.md).
+
+`run_check(ref, quant, ...)` -> `CheckResult` compares next-token distributions on held-out code, greedy
+continuations, tool calls and FIM middles, per-module weight and per-layer output SQNR, evaluates `Thresholds`
+and writes report.json / report.md / report.html. The names below are imported on first use, so importing the
+CLI does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "CheckResult": "qtools.check.pipeline",
+    "run_check": "qtools.check.pipeline",
+    "SuiteSizes": "qtools.check.suites",
+    "Thresholds": "qtools.check.thresholds",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'qtools.check' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

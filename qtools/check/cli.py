@@ -1,0 +1,122 @@
+"""The `qtools check` command: parses arguments, calls `run_check`, prints the verdicts, sets the exit code.
+
+Exit codes: 0 every threshold met, 1 a threshold missed (the report is still written), 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qtools.errors import QtoolsError
+
+DTYPES = ("bfloat16", "float32")
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` items -> {KEY: VALUE parsed as JSON, or kept as text when it is not JSON}."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise QtoolsError(f"--vllm-option takes KEY=VALUE (e.g. tensor_parallel_size=4), got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def check(
+    ref: Annotated[Path, typer.Argument(help="reference (BF16) checkpoint directory, with its tokenizer")],
+    quant: Annotated[Path, typer.Argument(help="quantised checkpoint directory to judge")],
+    suite: Annotated[str, typer.Option(help="comma-separated suites: code, tools, fim, weights")] = (
+        "code,tools,fim,weights"
+    ),
+    report: Annotated[Path | None, typer.Option(help="directory for report.json, report.md, report.html")] = None,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-under",
+            help="threshold KEY=VALUE (repeatable; KEY=off disables); keys and defaults in docs/check.md",
+        ),
+    ] = None,
+    suite_file: Annotated[
+        list[Path] | None, typer.Option(help="JSONL of extra code/tools/fim records (repeatable)")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="qtools (own runtime) or vllm (needs vLLM installed)")] = "qtools",
+    vllm_option: Annotated[
+        list[str] | None,
+        typer.Option(help="vllm.LLM argument KEY=VALUE, VALUE as JSON (e.g. tensor_parallel_size=4); repeatable"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (qtools engine)")] = "cpu",
+    stream_layers: Annotated[
+        bool, typer.Option(help="keep one decoder layer of each model in memory (code and weights suites only)")
+    ] = False,
+    dtype: Annotated[str, typer.Option(help="compute dtype: bfloat16 (as served) or float32")] = "bfloat16",
+    code_tokens: Annotated[int | None, typer.Option(help="held-out code tokens to score")] = None,
+    tool_prompts: Annotated[int | None, typer.Option(help="most tool prompts to decode")] = None,
+    fim_prompts: Annotated[int | None, typer.Option(help="FIM prompts to decode")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the suite sampling")] = 0,
+) -> None:
+    """Compare a quantised checkpoint with its reference; exits 1 when a threshold is missed."""
+    import torch
+
+    from qtools.check.pipeline import run_check
+    from qtools.check.suites import SuiteSizes, parse_suite_names
+    from qtools.check.thresholds import Thresholds
+
+    console = Console(stderr=True)
+    try:
+        if dtype not in DTYPES:
+            raise QtoolsError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        thresholds = Thresholds().with_overrides(fail_under or [])
+        vllm_options = _parse_options(vllm_option or [])
+        overrides = {"code_tokens": code_tokens, "tool_prompts": tool_prompts, "fim_prompts": fim_prompts}
+        sizes = SuiteSizes(**{key: value for key, value in overrides.items() if value is not None})
+        result = run_check(
+            ref,
+            quant,
+            suites=parse_suite_names(suite),
+            report_dir=report,
+            thresholds=thresholds,
+            engine=engine,
+            device=device,
+            stream_layers=stream_layers,
+            sizes=sizes,
+            seed=seed,
+            suite_files=tuple(suite_file or ()),
+            dtype=getattr(torch, dtype),
+            vllm_options=vllm_options,
+            log=lambda message: console.print(f"[dim]{message}[/]"),
+        )
+    except QtoolsError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
+    table = Table(title=f"qtools check {quant} against {ref}")
+    for column in ("key", "bound", "threshold", "value", "status"):
+        table.add_column(column)
+    colours = {"pass": "green", "fail": "bold red", "skipped": "yellow"}
+    for verdict in result.verdicts:
+        if verdict["status"] == "off":
+            continue
+        colour = colours[verdict["status"]]
+        table.add_row(
+            verdict["key"],
+            verdict["direction"],
+            f"{verdict['threshold']:g}",
+            "n/a" if verdict["value"] is None else f"{verdict['value']:.4g}",
+            f"[{colour}]{verdict['status'].upper()}[/]",
+        )
+    Console().print(table)
+    for kind, path in result.report_files.items():
+        console.print(f"{kind} report: {path}")
+    if not result.passed:
+        console.print(f"[bold red]FAILED[/]: {', '.join(v['key'] for v in result.failures)}")
+        raise typer.Exit(code=1)
+    console.print(f"[green]PASSED[/] in {result.timings_s.get('total', 0):.0f}s")

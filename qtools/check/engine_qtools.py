@@ -1,0 +1,139 @@
+"""The qtools engine: both models run by the project's own runtime (resident, or streamed layer by layer).
+
+Decoder layer i of both checkpoints is read together, once: the held-out code is pushed through both
+(`distribution.PairedForward`) and every weight is compared (`sqnr`) while the pair is in memory. Greedy
+decoding then runs each resident model with a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qtools.check.decode import greedy_decode
+from qtools.check.distribution import PairedForward, summarize
+from qtools.check.sqnr import compare_layer_weights, compare_resident_weights, layer_weight_summary, worst_modules
+from qtools.check.workload import Workload
+from qtools.errors import QtoolsError
+from qtools.runtime import Qwen3MoeModel, load_model
+
+SHAPE_KEYS = ("num_layers", "hidden_size", "vocab_size", "num_experts", "moe_intermediate_size")
+
+
+@dataclass
+class EngineRun:
+    """What an engine produced: figure sections (distribution, layers, weights), per-module weight records,
+    both models' decoded token ids in `Workload.prompts` order, and how each model was loaded."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    weight_records: list[dict] = field(default_factory=list)
+    ref_outputs: list[list[int]] = field(default_factory=list)
+    quant_outputs: list[list[int]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_compatible(ref: Qwen3MoeModel, quant: Qwen3MoeModel, paths: tuple[Path, Path]) -> None:
+    """QtoolsError unless the two models have the same shapes."""
+    for key in SHAPE_KEYS:
+        a, b = getattr(ref.config, key), getattr(quant.config, key)
+        if a != b:
+            raise QtoolsError(f"{paths[0]} and {paths[1]} are not the same model: config {key} {a} vs {b}")
+
+
+def layer_walk(
+    ref: Qwen3MoeModel,
+    quant: Qwen3MoeModel,
+    windows: list[torch.Tensor],
+    valid_vocab: int,
+    weights: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], list[dict]]:
+    """Read layer i of both models together; push `windows` through both (when any) and compare the weights
+    (when `weights`). Returns the figure sections ("distribution", "layers", "weights" as run) and the
+    per-module weight records."""
+    paired = PairedForward(ref, quant, windows) if windows else None
+    per_layer: list[dict[str, Any]] = []
+    modules: list[dict] = []
+    for index in range(ref.config.num_layers):
+        ref_layer, quant_layer = ref.layer(index), quant.layer(index)
+        row: dict[str, Any] = {"layer": index}
+        if paired is not None:
+            row.update(paired.step(index, ref_layer, quant_layer))
+        if weights:
+            records = compare_layer_weights(index, ref_layer, quant_layer)
+            modules += records
+            row.update(layer_weight_summary(records))
+        per_layer.append(row)
+        del ref_layer, quant_layer  # streamed layers are freed before the next pair is read
+        log(f"layer {index + 1}/{ref.config.num_layers}")
+    figures: dict[str, Any] = {"layers": {"per_layer": per_layer}}
+    if paired is not None:
+        figures["distribution"] = summarize(paired.finish(valid_vocab), len(windows))
+        updates = [row["update_sqnr_db"] for row in per_layer]
+        figures["layers"]["update_sqnr_min_db"] = min(updates)
+        figures["layers"]["worst_layer_by_update"] = per_layer[updates.index(min(updates))]["layer"]
+    if weights:
+        modules += compare_resident_weights(ref, quant)
+        figures["weights"] = weights_section(modules)
+        mins = [row["weight_sqnr_min_db"] for row in per_layer]
+        figures["layers"]["worst_layer_by_weights"] = per_layer[mins.index(min(mins))]["layer"]
+    return figures, modules
+
+
+def weights_section(modules: list[dict]) -> dict[str, Any]:
+    """Summary of per-module weight records: counts, lowest and median SQNR of changed modules, the worst."""
+    changed = [record["sqnr_db"] for record in modules if record["noise"] > 0]
+    return {
+        "modules": len(modules),
+        "modules_changed": len(changed),
+        "sqnr_min_db": min(changed, default=math.inf),
+        "sqnr_median_db": statistics.median(changed) if changed else math.inf,
+        "worst": worst_modules(modules),
+    }
+
+
+def run_qtools(
+    ref: Path,
+    quant: Path,
+    work: Workload,
+    weights: bool,
+    device: str,
+    stream_layers: bool,
+    dtype: torch.dtype,
+    log: Callable[[str], None],
+) -> EngineRun:
+    """Run the teacher-forced suites and weight comparison, then (resident models only) greedy decoding."""
+    # Resident models keep dequantised weights (decoding re-runs every linear per token); streamed ones cannot.
+    cache = not stream_layers
+    ref_model = load_model(ref, device=device, stream_layers=stream_layers, dtype=dtype, cache_dequantized=cache)
+    quant_model = load_model(quant, device=device, stream_layers=stream_layers, dtype=dtype, cache_dequantized=cache)
+    check_compatible(ref_model, quant_model, (ref, quant))
+    run = EngineRun(
+        info={
+            "reference_format": ref_model.info.weight_format,
+            "quantised_format": quant_model.info.weight_format,
+            "quantised_act_quant": quant_model.info.act_quant,
+        }
+    )
+    if work.windows or weights:
+        run.figures, run.weight_records = layer_walk(
+            ref_model, quant_model, work.windows, work.valid_vocab, weights, log
+        )
+    if work.prompts:
+        run.ref_outputs = _decode(ref_model, work, "reference", log)
+        run.quant_outputs = _decode(quant_model, work, "quantised", log)
+    return run
+
+
+def _decode(model: Qwen3MoeModel, work: Workload, label: str, log: Callable[[str], None]) -> list[list[int]]:
+    started = time.perf_counter()
+    outputs = greedy_decode(model, work.prompts, work.budgets, work.eos)
+    log(f"decoded {len(outputs)} prompts with the {label} model in {time.perf_counter() - started:.1f}s")
+    return outputs

@@ -1,0 +1,229 @@
+"""`run_check`: compare a quantised checkpoint with its reference on every suite, gate it, write the reports.
+
+1. `workload.build_workload`: tokenizer, suites, held-out code windows, every prompt's token ids.
+2. an engine runs both models: `engine_qtools` (own runtime; full distributions, per-layer SQNR, weights) or
+   `engine_vllm` (vLLM; top-k log-probabilities, decoding at scale).
+3. the decoded replies are compared (`generation_check`, `tools_check`, `fim_check`), thresholds evaluated,
+   reports written.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qtools.chat import chat_template_sha256, load_chat_template
+from qtools.check.decode import decode_text
+from qtools.check.engine_qtools import EngineRun, run_qtools
+from qtools.check.fim_check import compare_middles
+from qtools.check.generation_check import compare_continuations
+from qtools.check.suites import SUITE_NAMES, SuiteSizes
+from qtools.check.thresholds import Thresholds, evaluate
+from qtools.check.tools_check import compare_tool_replies
+from qtools.check.workload import Workload, build_workload
+from qtools.errors import QtoolsError
+
+ENGINES = ("qtools", "vllm")
+
+
+@dataclass
+class CheckResult:
+    """Everything a check found: `figures` (summary numbers by section), `details` (per-prompt and per-module
+    records), threshold `verdicts`, `meta` (versions, seeds, template hash, settings) and `timings_s`."""
+
+    figures: dict[str, Any]
+    details: dict[str, Any]
+    verdicts: list[dict]
+    meta: dict[str, Any]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    report_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when no threshold failed."""
+        return not any(verdict["status"] == "fail" for verdict in self.verdicts)
+
+    @property
+    def failures(self) -> list[dict]:
+        """The verdicts that failed."""
+        return [verdict for verdict in self.verdicts if verdict["status"] == "fail"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report.json content (floats not yet made JSON-safe)."""
+        return {
+            "passed": self.passed,
+            "verdicts": self.verdicts,
+            "figures": self.figures,
+            "meta": self.meta,
+            "timings_s": self.timings_s,
+            "details": self.details,
+        }
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "qtools": version("qtools-moe"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": version("safetensors"),
+        "vllm": version("vllm"),
+    }
+
+
+class _Clock:
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.timings, self.last = log, {}, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.last, 2)
+        self.last = now
+        self.log(f"{name}: {self.timings[name]:.1f}s")
+
+
+def compare_replies(work: Workload, run: EngineRun) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Figures and per-prompt details of the continuation, tool and FIM comparisons."""
+    figures: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    if not work.prompts:
+        return figures, details
+    tokenizer = work.tokenizer
+    ref_cont, ref_tools, ref_fim = work.split(run.ref_outputs)
+    quant_cont, quant_tools, quant_fim = work.split(run.quant_outputs)
+    if work.continuations:
+        generation = compare_continuations(ref_cont, quant_cont)
+        positions = generation.pop("first_divergence")
+        details["generation"] = [
+            {
+                "prompt": decode_text(tokenizer, prompt),
+                "reference": decode_text(tokenizer, a),
+                "quantised": decode_text(tokenizer, b),
+                "first_divergence": position,
+            }
+            for prompt, a, b, position in zip(work.continuations, ref_cont, quant_cont, positions, strict=True)
+        ]
+        figures["generation"] = generation
+    if work.tool_prompts:
+        ref_texts = [decode_text(tokenizer, tokens) for tokens in ref_tools]
+        quant_texts = [decode_text(tokenizer, tokens) for tokens in quant_tools]
+        tools = compare_tool_replies(work.suites.tools, ref_texts, quant_texts)
+        details["tools"] = tools.pop("prompts")
+        figures["tools"] = tools
+    if work.fim_prompts:
+        ref_texts = [decode_text(tokenizer, tokens) for tokens in ref_fim]
+        quant_texts = [decode_text(tokenizer, tokens) for tokens in quant_fim]
+        fim = compare_middles(work.suites.fim, ref_texts, quant_texts)
+        details["fim"] = fim.pop("prompts")
+        figures["fim"] = fim
+    return figures, details
+
+
+def run_check(
+    ref: str | Path,
+    quant: str | Path,
+    suites: tuple[str, ...] = SUITE_NAMES,
+    report_dir: str | Path | None = None,
+    thresholds: Thresholds | None = None,
+    engine: str = "qtools",
+    device: str = "cpu",
+    stream_layers: bool = False,
+    sizes: SuiteSizes | None = None,
+    seed: int = 0,
+    suite_files: tuple[Path, ...] = (),
+    dtype: torch.dtype = torch.bfloat16,
+    vllm_options: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CheckResult:
+    """Compare checkpoint `quant` with reference `ref` on `suites` (code, tools, fim, weights), evaluate
+    `thresholds` (default `Thresholds()`), and write report.json/.md/.html into `report_dir` when given.
+
+    engine "qtools": both models run by the project runtime on `device` in `dtype`; `stream_layers` keeps
+    one decoder layer of each in memory, for the teacher-forced suites (code, weights) only. engine "vllm":
+    generation and top-k log-probabilities through vLLM, `vllm_options` passed to `vllm.LLM` (weights still
+    compared by the runtime on `device`). Raises QtoolsError for unusable input or a missing vLLM.
+    """
+    ref, quant = Path(ref), Path(quant)
+    say = log or (lambda message: None)
+    sizes = sizes or SuiteSizes()
+    thresholds = thresholds or Thresholds()
+    unknown = [name for name in suites if name not in SUITE_NAMES]
+    if unknown:
+        raise QtoolsError(f"unknown suite(s) {unknown}; choose from {', '.join(SUITE_NAMES)}")
+    if engine not in ENGINES:
+        raise QtoolsError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "qtools" and stream_layers and set(suites) & {"tools", "fim"}:
+        raise QtoolsError(
+            "--stream-layers runs the teacher-forced suites only (code, weights): greedy decoding would re-read "
+            "every layer for every token. Pass --suite code,weights, or use --engine vllm for tools and fim"
+        )
+    clock = _Clock(say)
+    if engine == "vllm":
+        from qtools.check.engine_vllm import require_vllm
+
+        require_vllm()
+    work = build_workload(ref, suites, sizes, seed, suite_files)
+    skipped = []
+    if engine == "qtools" and stream_layers and work.continuations:
+        work.continuations = []
+        skipped.append("greedy code continuations (need resident models; --stream-layers was given)")
+        say(f"skipped: {skipped[-1]}")
+    clock.lap("workload")
+    if engine == "qtools":
+        run = run_qtools(ref, quant, work, "weights" in suites, device, stream_layers, dtype, say)
+    else:
+        from qtools.check.engine_vllm import run_vllm
+
+        run = run_vllm(ref, quant, work, "weights" in suites, device, vllm_options, say)
+    clock.lap("models")
+    figures = dict(run.figures)
+    details: dict[str, Any] = {"weights": run.weight_records} if run.weight_records else {}
+    compared, compared_details = compare_replies(work, run)
+    figures.update(compared)
+    details.update(compared_details)
+    meta = {
+        "reference": str(ref),
+        "quantised": str(quant),
+        **run.info,
+        "engine": engine,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "stream_layers": stream_layers,
+        "suites": list(suites),
+        "suite_sources": work.suites.sources,
+        "skipped": skipped,
+        "sizes": sizes.model_dump(),
+        "seed": seed,
+        "valid_vocab": work.valid_vocab,
+        "vocab_size": work.vocab_size,
+        "padded_vocab_columns_masked": work.vocab_size - work.valid_vocab,
+        "chat_template_sha256": chat_template_sha256(
+            getattr(work.tokenizer, "chat_template", None) or load_chat_template()
+        ),
+        "versions": _versions(),
+        "torch_threads": torch.get_num_threads(),
+        "thresholds": thresholds.model_dump(),
+    }
+    clock.lap("compare")
+    clock.timings["total"] = round(sum(clock.timings.values()), 2)
+    result = CheckResult(figures, details, evaluate(thresholds, figures), meta, clock.timings)
+    if report_dir is not None:
+        from qtools.check.report import write_reports
+
+        result.report_files = write_reports(result, Path(report_dir))
+    return result

@@ -1,0 +1,88 @@
+"""Number formatting and the ordered list of headline figures shared by the Markdown and HTML reports."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A figure as text: `digits` significant digits, 'inf' / 'n/a' for non-finite or missing values."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def pct(value: Any) -> str:
+    """A rate in [0, 1] as a percentage with one decimal."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return "n/a"
+    return f"{100 * value:.1f}%"
+
+
+def headline(figures: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of the most important figures that were measured, in report order."""
+    rows: list[tuple[str, str]] = []
+    distribution = figures.get("distribution")
+    if distribution:
+        kl = distribution["kl"]
+        rows += [
+            ("tokens scored", fmt(distribution["tokens"])),
+            ("KL mean / median (nats)", f"{fmt(kl['mean'])} / {fmt(kl['median'])}"),
+            ("KL p99 / p99.9 / max", f"{fmt(kl['p99'])} / {fmt(kl['p99.9'])} / {fmt(kl['max'])}"),
+            ("top-1 agreement", pct(distribution["top1_agreement"])),
+            ("Δp on reference token (mean)", fmt(distribution["delta_p"]["mean"])),
+            (
+                "perplexity ref / quant (ratio)",
+                f"{fmt(distribution['ppl_ref'])} / {fmt(distribution['ppl_quant'])} ({fmt(distribution['ppl_ratio'])})",
+            ),
+        ]
+    generation = figures.get("generation")
+    if generation:
+        rows.append(("greedy continuations identical", pct(generation["exact_match_rate"])))
+        rows.append(("first divergence (median token)", fmt(generation["first_divergence_median"])))
+    tools = figures.get("tools")
+    if tools:
+        rows += [
+            ("tool prompts", fmt(tools["count"])),
+            ("valid format ref / quant", f"{pct(tools['valid_format_ref'])} / {pct(tools['valid_format_quant'])}"),
+            (
+                "same name / arguments / calls",
+                " / ".join(pct(tools[k]) for k in ("same_name", "same_arguments", "same_calls")),
+            ),
+            ("correct ref / quant", f"{pct(tools['correct_ref'])} / {pct(tools['correct_quant'])}"),
+            (
+                "flips (correct→wrong, wrong→correct)",
+                f"{tools['flips']} ({tools['flips_correct_to_wrong']}, {tools['flips_wrong_to_correct']})",
+            ),
+        ]
+    fim = figures.get("fim")
+    if fim:
+        rows += [
+            ("FIM middles identical to reference", pct(fim["same_as_reference"])),
+            ("FIM exact vs truth ref / quant", f"{pct(fim['exact_ref'])} / {pct(fim['exact_quant'])}"),
+        ]
+    weights = figures.get("weights")
+    if weights:
+        rows.append(
+            ("weight SQNR min / median (dB)", f"{fmt(weights['sqnr_min_db'])} / {fmt(weights['sqnr_median_db'])}")
+        )
+    layers = figures.get("layers", {})
+    if "update_sqnr_min_db" in layers:
+        rows.append(
+            (
+                "lowest layer-update SQNR (dB)",
+                f"{fmt(layers['update_sqnr_min_db'])} (layer {layers['worst_layer_by_update']})",
+            )
+        )
+    return rows

@@ -1,0 +1,62 @@
+"""Figures behind docs/check.md's default thresholds: `qtools check` (CLI default suite sizes) of the toy model
+against its FP8 conversion, against a copy with one layer's experts re-quantised to 2 bits, and against a copy
+with noise on one expert. Prints a Markdown table of every gated figure and the run times.
+
+    python scripts/calibrate_check.py [--out out/calibrate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from qtools.check.damage import damage_experts
+from qtools.check.pipeline import run_check
+from qtools.check.thresholds import Thresholds
+from qtools.convert import convert_checkpoint
+from qtools.recipe import load_recipe
+from qtools.toy.cache import cached_toy_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("out/calibrate"))
+    args = parser.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    toy = cached_toy_model(prebuilt=REPO / "models" / "toy-qwen3-coder")
+    candidates = {"FP8 (hf-fp8)": args.out / "fp8", "2-bit experts, layer 0": args.out / "2bit-layer0"}
+    convert_checkpoint(toy, candidates["FP8 (hf-fp8)"], load_recipe(REPO / "recipes" / "fp8-block.yaml"), workers=1)
+    damage_experts(toy, candidates["2-bit experts, layer 0"], layer=0)
+    candidates["noise 0.3 on expert 3, layer 1"] = args.out / "noise-l1e3"
+    damage_experts(toy, candidates["noise 0.3 on expert 3, layer 1"], layer=1, expert=3, noise=0.3)
+
+    columns: dict[str, dict[str, str]] = {}
+    keys: list[str] = []
+    for label, path in candidates.items():
+        started = time.perf_counter()
+        result = run_check(toy, path, report_dir=args.out / f"report-{path.name}", thresholds=Thresholds())
+        seconds = time.perf_counter() - started
+        cells = {}
+        for verdict in result.verdicts:
+            if verdict["status"] == "off":
+                continue
+            keys += [verdict["key"]] if verdict["key"] not in keys else []
+            value = "n/a" if verdict["value"] is None else f"{verdict['value']:.4g}"
+            cells[verdict["key"]] = value + (" **fail**" if verdict["status"] == "fail" else "")
+        cells["verdict"] = "passed" if result.passed else "FAILED"
+        cells["check seconds"] = f"{seconds:.0f}"
+        columns[label] = cells
+    keys += ["verdict", "check seconds"]
+    print("| figure | " + " | ".join(columns) + " |")
+    print("| --- |" + " --- |" * len(columns))
+    for key in keys:
+        print(f"| `{key}` | " + " | ".join(cells.get(key, "") for cells in columns.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""`qtools check` end to end on small synthetic checkpoints (random weights, a tiny BPE tokenizer): the layer
+walk, streaming, decoding suites, the CLI's exit codes and the vLLM engine's glue (against a stand-in vLLM).
+
+Random-weight models amplify quantisation error (FP8 gives a mean KL near 0.2 here, against under 0.001 on
+the trained toy model), so these tests gate on weight and per-layer SQNR only; tests/test_check_toy.py holds
+the default-threshold tests on the trained toy model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from qtools.chat import load_chat_template
+from qtools.check.damage import damage_experts
+from qtools.check.decode import greedy_decode
+from qtools.check.pipeline import run_check
+from qtools.check.suites import SuiteSizes, heldout_code
+from qtools.check.thresholds import Thresholds
+from qtools.cli import app
+from qtools.convert import convert_checkpoint
+from qtools.errors import QtoolsError
+from qtools.recipe import load_recipe
+from qtools.runtime import load_model
+from qtools.testing.files import RECIPES_DIR
+from qtools.testing.synth import SynthSpec, make_checkpoint
+from qtools.toy.tokenizer import save_tokenizer, train_tokenizer
+
+DAMAGED_LAYER = 1
+SIZES = SuiteSizes(
+    code_tokens=384,
+    window=128,
+    continuation_prompts=2,
+    continuation_prompt_tokens=16,
+    continuation_new_tokens=5,
+    tool_prompts=2,
+    tool_new_tokens=5,
+    fim_prompts=1,
+    fim_new_tokens=5,
+)
+# Structural gates only (see module docstring): FP8 e4m3 blocks give ~31.5 dB per weight and ~15 dB per layer
+# update on random weights; 2-bit experts give ~6 dB per weight.
+STRUCTURAL = [f"{key}=off" for key in Thresholds.model_fields] + [
+    "weight_sqnr_min_db=25",
+    "layer_update_sqnr_min_db=10",
+]
+
+
+@pytest.fixture(scope="module")
+def synth_trio(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(BF16 reference with a 313-entry tokenizer over 500 logits, its FP8 conversion, a copy whose layer-1
+    experts are re-quantised to 2 bits)."""
+    root = tmp_path_factory.mktemp("check")
+    ref = make_checkpoint(root / "bf16", SynthSpec(num_layers=3, hidden_size=256, head_dim=64), seed=0)
+    tokenizer = train_tokenizer([item.text for item in heldout_code()[:2]], 300)
+    save_tokenizer(tokenizer, ref, load_chat_template())
+    convert_checkpoint(ref, root / "fp8", load_recipe(RECIPES_DIR / "fp8-block.yaml"), workers=1)
+    damage_experts(ref, root / "damaged", DAMAGED_LAYER)
+    return ref, root / "fp8", root / "damaged"
+
+
+def _check(ref: Path, quant: Path, suites: tuple[str, ...] = ("code", "weights"), **options):
+    thresholds = Thresholds().with_overrides(STRUCTURAL)
+    return run_check(ref, quant, suites=suites, thresholds=thresholds, sizes=SIZES, **options)
+
+
+def test_fp8_passes_and_damaged_layer_fails_and_is_named(synth_trio, tmp_path: Path) -> None:
+    ref, fp8, damaged = synth_trio
+    good = _check(ref, fp8)
+    assert good.passed, good.failures
+    assert 28 < good.figures["weights"]["sqnr_min_db"] < 35
+    assert good.meta["padded_vocab_columns_masked"] == 500 - good.meta["valid_vocab"] > 0
+    assert good.figures["distribution"]["tokens"] == SIZES.code_tokens - 3  # 3 windows, first token of each
+
+    bad = _check(ref, damaged, report_dir=tmp_path)
+    assert not bad.passed
+    assert {v["key"] for v in bad.failures} == {"weight_sqnr_min_db", "layer_update_sqnr_min_db"}
+    layers = bad.figures["layers"]
+    assert layers["worst_layer_by_weights"] == layers["worst_layer_by_update"] == DAMAGED_LAYER
+    per_layer = layers["per_layer"]
+    assert per_layer[0]["update_sqnr_db"] == per_layer[0]["weight_sqnr_min_db"] == float("inf")  # untouched
+    assert all(f"model.layers.{DAMAGED_LAYER}.mlp.experts." in w["module"] for w in bad.figures["weights"]["worst"])
+    assert bad.figures["distribution"]["kl"]["mean"] > 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"model.layers.{DAMAGED_LAYER}.mlp.experts." in markdown and "FAILED" in markdown
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["figures"]["layers"]["worst_layer_by_update"] == DAMAGED_LAYER
+    assert len(report["details"]["weights"]) == 3 * (4 + 4 * 3 + 1) + 2  # per layer: attention, experts, router
+
+
+def test_streamed_check_equals_resident(synth_trio) -> None:
+    ref, fp8, _ = synth_trio
+    resident = _check(ref, fp8)
+    streamed = _check(ref, fp8, stream_layers=True)
+    for section in ("distribution", "layers", "weights"):
+        assert streamed.figures[section] == resident.figures[section]
+    with pytest.raises(QtoolsError, match="--stream-layers runs the teacher-forced suites only"):
+        _check(ref, fp8, suites=("code", "tools"), stream_layers=True)
+
+
+def test_decoding_suites_run_and_identical_models_agree(synth_trio) -> None:
+    ref, _, _ = synth_trio
+    result = _check(ref, ref, suites=("code", "tools", "fim"))
+    figures = result.figures
+    assert figures["distribution"]["kl"]["max"] == 0.0 and figures["distribution"]["top1_agreement"] == 1.0
+    assert figures["generation"]["exact_match_rate"] == 1.0 and figures["generation"]["prompts"] == 2
+    assert figures["tools"]["count"] == 2 and figures["tools"]["same_calls"] == 1.0
+    assert figures["fim"]["count"] == 1 and figures["fim"]["same_as_reference"] == 1.0
+    assert len(result.details["tools"]) == 2 and result.details["generation"][0]["first_divergence"] is None
+    assert result.meta["suite_sources"]["tools"] == "qtools.check built-in tool prompts"
+    assert len(result.meta["chat_template_sha256"]) == 64
+
+
+def test_cli_exit_codes(synth_trio, tmp_path: Path) -> None:
+    ref, fp8, damaged = synth_trio
+    runner = CliRunner()
+    base = ["check", "--suite", "weights", *(f"--fail-under={item}" for item in STRUCTURAL)]
+    passed = runner.invoke(app, [*base, str(ref), str(fp8), "--report", str(tmp_path / "ok")])
+    assert passed.exit_code == 0, passed.output
+    assert (tmp_path / "ok" / "report.html").is_file()
+    failed = runner.invoke(app, [*base, str(ref), str(damaged)])
+    assert failed.exit_code == 1 and "weight_sqnr_min_db" in failed.output
+    unknown = runner.invoke(app, ["check", str(ref), str(fp8), "--fail-under", "kl_men=1"])
+    assert unknown.exit_code == 2 and "did you mean 'kl_mean'" in unknown.output
+    no_tokenizer = runner.invoke(app, ["check", str(fp8.parent / "nowhere"), str(fp8)])
+    assert no_tokenizer.exit_code == 2
+
+
+def test_vllm_engine_says_how_to_install_it(synth_trio, monkeypatch) -> None:
+    ref, fp8, _ = synth_trio
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    result = CliRunner().invoke(app, ["check", str(ref), str(fp8), "--engine", "vllm"])
+    assert result.exit_code == 2
+    assert "pip install vllm" in " ".join(result.output.split())
+
+
+class _FakeLLM:
+    """Stands in for `vllm.LLM`: the qtools runtime behind vLLM's generate/prompt_logprobs interface, with
+    padded logit columns masked as a trained model's would be (their logits sit far below the rest)."""
+
+    valid_vocab = 0
+
+    def __init__(self, model: str, tokenizer: str, max_logprobs: int, seed: int, tensor_parallel_size: int):
+        self.model = load_model(model)
+
+    def generate(self, prompts: list[dict], params, use_tqdm: bool = False) -> list[SimpleNamespace]:
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        results = []
+        for prompt, param in zip(prompts, params, strict=True):
+            ids = prompt["prompt_token_ids"]
+            if param.prompt_logprobs:
+                logits = self.model(torch.tensor([ids]))[0].double()
+                logits[:, self.valid_vocab :] = float("-inf")
+                logp = torch.log_softmax(logits, -1)
+                entries: list[dict | None] = [None]
+                for position in range(1, len(ids)):
+                    row = logp[position - 1]
+                    chosen = [*row.topk(param.prompt_logprobs).indices.tolist(), ids[position]]
+                    entries.append({token: SimpleNamespace(logprob=float(row[token])) for token in chosen})
+                results.append(SimpleNamespace(prompt_logprobs=entries, outputs=[SimpleNamespace(token_ids=[0])]))
+            else:
+                tokens = greedy_decode(self.model, [ids], [param.max_tokens], param.stop_token_ids)[0]
+                results.append(SimpleNamespace(prompt_logprobs=None, outputs=[SimpleNamespace(token_ids=tokens)]))
+        return results
+
+
+def test_vllm_engine_glue_against_a_stand_in(synth_trio, monkeypatch) -> None:
+    ref, fp8, _ = synth_trio
+    qtools_engine = _check(ref, fp8, suites=("code", "tools"))
+    fake = types.ModuleType("vllm")
+    _FakeLLM.valid_vocab = qtools_engine.meta["valid_vocab"]
+    fake.LLM = _FakeLLM
+    fake.SamplingParams = lambda **fields: SimpleNamespace(**{"prompt_logprobs": None, **fields})
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    vllm_engine = _check(ref, fp8, suites=("code", "tools", "weights"), engine="vllm")
+    exact, estimate = qtools_engine.figures["distribution"], vllm_engine.figures["distribution"]
+    assert estimate["tokens"] == exact["tokens"]
+    assert estimate["ppl_ref"] == pytest.approx(exact["ppl_ref"], rel=1e-3)
+    assert estimate["ppl_ratio"] == pytest.approx(exact["ppl_ratio"], rel=1e-3)
+    assert estimate["top1_agreement"] == pytest.approx(exact["top1_agreement"], abs=0.01)
+    assert 0 < estimate["kl"]["mean"] <= exact["kl"]["mean"] * 1.05
+    assert vllm_engine.figures["generation"] == qtools_engine.figures["generation"]
+    assert vllm_engine.figures["tools"]["same_calls"] == qtools_engine.figures["tools"]["same_calls"]
+    assert "layers" in vllm_engine.figures and vllm_engine.figures["weights"]["sqnr_min_db"] > 28
+    assert vllm_engine.meta["engine"] == "vllm" and vllm_engine.meta["vllm_options"] == {"tensor_parallel_size": 1}
