@@ -314,6 +314,7 @@ def test_one_layer_runs_alone_over_captured_hidden_states(synth_checkpoint):
 
 
 def test_triton_backend_says_what_is_missing(synth_checkpoint, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(QtoolsError, match="backend 'triton'"):
         load_model(synth_checkpoint, backend="triton")  # no CUDA here, or no Triton, or no qtools_kernels
     monkeypatch.setitem(sys.modules, "qtools_kernels", None)

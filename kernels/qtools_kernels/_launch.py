@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import triton
+
 _TRITON_DTYPES = {
     torch.float8_e4m3fn: "fp8e4nv",
     torch.bfloat16: "bf16",
@@ -25,7 +26,7 @@ _TRITON_DTYPES = {
 
 def is_interpreted(kernel: Any) -> bool:
     """True when `kernel` was decorated while TRITON_INTERPRET=1 (it then runs on CPU tensors)."""
-    # Triton's interpreter module needs numpy, which a GPU install may lack: only look it up when it can matter.
+    # The interpreter module needs numpy, which a GPU install may lack: look it up only when it can matter.
     if type(kernel).__name__ != "InterpretedFunction":
         return False
     from triton.runtime.interpreter import InterpretedFunction

@@ -106,15 +106,20 @@ class MoeBlock(nn.Module):
         return weights, ids
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, hidden] -> same shape and dtype."""
+        """x [B, T, hidden] -> same shape and dtype. The gate's backend computes the experts."""
         flat = x.reshape(-1, x.shape[-1])
         weights, ids = self.route(flat)
-        out = torch.zeros(flat.shape, dtype=torch.float32, device=x.device)
+        return self.gate.backend.moe(self, flat, weights, ids).to(x.dtype).view_as(x)
+
+    def reference_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x [N, hidden], routing [N, top_k] -> float32 [N, hidden]: each expert that receives tokens runs once
+        through its linears; outputs are weighted and accumulated in float32 in ascending expert order."""
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         for expert in ids.unique().tolist():
             tokens, slots = (ids == expert).nonzero(as_tuple=True)
-            routed = self.experts[expert](flat[tokens]).to(torch.float32) * weights[tokens, slots, None]
+            routed = self.experts[expert](x[tokens]).to(torch.float32) * weights[tokens, slots, None]
             out.index_add_(0, tokens, routed)
-        return out.to(x.dtype).view_as(x)
+        return out
 
 
 class DecoderLayer(nn.Module):
