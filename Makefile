@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock kernels/pyproject.toml
 demo: setup
 	$(BIN)/python scripts/demo.py --out $(DEMO_DIR)
 
-# Rebuild the committed toy model (about 7 minutes on 2 cores); fails if it misses its quality gate.
+# Rebuild the committed toy model (about 8 minutes on 2 cores); fails if it misses its quality gate.
 toy: setup
 	rm -rf models/toy-qwen3-coder.new
 	$(BIN)/qtools toy build models/toy-qwen3-coder.new

@@ -2,7 +2,7 @@
 the FP8 model against the BF16 one and write the report.
 
 The toy model is the build committed in `models/toy-qwen3-coder` when it is current for this code and software
-stack, else it is built first (about 7 minutes on 2 cores) into the cache (`$QTOOLS_CACHE`, `~/.cache/qtools`).
+stack, else it is built first (about 8 minutes on 2 cores) into the cache (`$QTOOLS_CACHE`, `~/.cache/qtools`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def fp8_recipe() -> Recipe:
 def toy_model_dir() -> Path:
     """The trained toy Qwen3-Coder model (default recipe, seed 0): the build committed in `models/` when its
     key (recipe, toy and chat sources, library versions) is current, else built once into `$QTOOLS_CACHE`
-    (default `~/.cache/qtools`) and reused by later sessions. A build takes about 7 minutes on 2 cores and
+    (default `~/.cache/qtools`) and reused by later sessions. A build takes about 8 minutes on 2 cores and
     fails if the model misses its gate."""
     from qtools.toy.cache import cached_toy_model
 

@@ -2,8 +2,9 @@
 
 The key hashes the recipe, the source of `qtools.toy`, `qtools.chat` and `qtools.generation` (data, template,
 training code, the gate's decoding), the Python version (the training code is its standard library) and the
-torch, transformers and tokenizers versions. A build goes to a temporary sibling directory and is renamed into place only once it has passed
-its gate, so an interrupted or failed build is never reused and concurrent builders do not clash.
+torch, transformers and tokenizers versions. A build goes to a temporary sibling directory and is renamed into
+place only once it has passed its gate, so an interrupted or failed build is never reused and concurrent builders
+do not clash.
 """
 
 from __future__ import annotations

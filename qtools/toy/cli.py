@@ -21,7 +21,7 @@ def build(
     steps: Annotated[int | None, typer.Option(min=1, help="training steps (default: the CI recipe's)")] = None,
     no_gate: Annotated[bool, typer.Option("--no-gate", help="write the gate file but do not fail on it")] = False,
 ) -> None:
-    """Train the toy model (a few minutes on two CPU cores), save it, and check its quality gate."""
+    """Train the toy model (about 8 minutes on two CPU cores), save it, and check its quality gate."""
     from qtools.toy import ToyRecipe, build_toy_model
 
     updates: dict[str, object] = {"enforce_gate": not no_gate}
