@@ -1,7 +1,7 @@
 """The resume state an output checkpoint carries in `DST/.qtools/`.
 
 `plan.json` names the source, its fingerprint and the recipe; `shards/<file>.json` records each finished output
-shard's size and digest (`shard_digest`: SHA-256 over the header and each tensor's CRC-32). A rerun trusts
+shard's size and digest (`shard_digest`: SHA-256 over the header and each tensor's XXH3-64). A rerun trusts
 a shard only when its record exists and the file still matches it.
 """
 
