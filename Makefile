@@ -28,11 +28,11 @@ toy: setup
 	rm -rf models/toy-qwen3-coder && mv models/toy-qwen3-coder.new models/toy-qwen3-coder
 
 # Best effort: headless Chromium for the HTML-report screenshot test (skipped without it). Never fails the
-# build: no apt, no root or no network only print a note.
+# build: no apt, no root or no network only print a note; each apt step is capped at 5 minutes.
 setup-browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null 2>&1 && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  { command -v apt-get >/dev/null 2>&1 && timeout 300 apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "setup-browser: chromium not installed; the report screenshot test will be skipped"
 
 # CI has no GPU: Triton kernels run in the interpreter (override with TRITON_INTERPRET=0 on a GPU machine).

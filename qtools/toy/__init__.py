@@ -2,10 +2,25 @@
 
 `build_toy_model(out_dir)` trains it on this machine in about 8 minutes (standard-library code, generated tool
 conversations, FIM samples), writes the Hugging Face checkpoint and `toy_gate.json`, and raises if the model
-misses its quality gate.
+misses its quality gate. The names below are imported on first use, so the `qtools` CLI (which registers
+`qtools toy`) does not import transformers.
 """
 
-from qtools.toy.build import GATE_FILE, build_toy_model
-from qtools.toy.recipe import ToyArchitecture, ToyRecipe
+from __future__ import annotations
 
-__all__ = ["GATE_FILE", "ToyArchitecture", "ToyRecipe", "build_toy_model"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GATE_FILE": "qtools.toy.build",
+    "build_toy_model": "qtools.toy.build",
+    "ToyArchitecture": "qtools.toy.recipe",
+    "ToyRecipe": "qtools.toy.recipe",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'qtools.toy' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
