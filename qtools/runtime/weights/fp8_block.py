@@ -26,7 +26,8 @@ class Fp8BlockLinear(RuntimeLinear):
     Buffers: `weight` float8_e4m3fn [out_features, in_features]; `weight_scale_inv` [ceil(out/bo), ceil(in/bi)]
     float32 or bfloat16 as stored. `act_group_size`: inputs are fake-quantised to FP8 per token and group of
     this many channels before the matmul, as the served model does; None leaves them in the compute dtype.
-    `cache`: keep the dequantised weight after the first call (the same values, computed once).
+    `cache_dtype`: keep the weight dequantised to this dtype (the compute dtype) after its first use (the same
+    values, computed once); other dtypes (e.g. float32 for SQNR) are computed afresh and not kept.
     """
 
     def __init__(
@@ -36,21 +37,22 @@ class Fp8BlockLinear(RuntimeLinear):
         block: tuple[int, int],
         act_group_size: int | None,
         backend: LinearBackend,
-        cache: bool = False,
+        cache_dtype: torch.dtype | None = None,
     ):
         super().__init__(codes.shape[0], codes.shape[1], backend)
         self.register_buffer("weight", codes)
         self.register_buffer("weight_scale_inv", scale_inv)
         self.block = block
         self.act_group_size = act_group_size
-        self._dequantized: dict[torch.dtype, torch.Tensor] | None = {} if cache else None
+        self.cache_dtype = cache_dtype
+        self._cached: torch.Tensor | None = None
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        if self._dequantized is None:
+        if dtype != self.cache_dtype:
             return dequantize_fp8_block(self.weight, self.weight_scale_inv, self.block, dtype)
-        if dtype not in self._dequantized:
-            self._dequantized[dtype] = dequantize_fp8_block(self.weight, self.weight_scale_inv, self.block, dtype)
-        return self._dequantized[dtype]
+        if self._cached is None:
+            self._cached = dequantize_fp8_block(self.weight, self.weight_scale_inv, self.block, dtype)
+        return self._cached
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_group_size is None:
@@ -84,7 +86,8 @@ class Fp8BlockFormat:
         codes = source.read_shape_checked(name, shape, options.device)
         scale_inv = source.read_shape_checked(scale_name, scale_shape(shape, self.block), options.device)
         group = self.act_group_size if options.act_quant else None
-        return Fp8BlockLinear(codes, scale_inv, self.block, group, options.backend, options.cache_dequantized)
+        cache_dtype = options.dtype if options.cache_dequantized else None
+        return Fp8BlockLinear(codes, scale_inv, self.block, group, options.backend, cache_dtype)
 
 
 def _block(value, where: str) -> tuple[int, int]:
