@@ -44,7 +44,8 @@ def _is_w8a8_block(layer: RuntimeLinear) -> bool:
 def _pack_fp8_experts(block: MoeBlock) -> tuple[torch.Tensor, ...] | None:
     """(w13, w13_scale_inv, w2, w2_scale_inv) in the layout of `qtools_kernels.fused_moe_fp8_block`, or None
     when the experts are not all W8A8 block-wise or the expert width is not a multiple of 128 (then gate_proj's
-    last scale block cannot be concatenated with up_proj's first)."""
+    last scale block cannot be concatenated with up_proj's first). Each expert's `weight` is then rebound to its
+    view of the stack, so the FP8 codes are held once, not twice."""
     linears = [(e.gate_proj, e.up_proj, e.down_proj) for e in block.experts]
     if not all(_is_w8a8_block(linear) for triple in linears for linear in triple):
         return None
@@ -54,14 +55,17 @@ def _pack_fp8_experts(block: MoeBlock) -> tuple[torch.Tensor, ...] | None:
     w13_scale = torch.stack([torch.cat([gate.weight_scale_inv, up.weight_scale_inv]) for gate, up, _ in linears])
     w2 = torch.stack([down.weight for _, _, down in linears])
     w2_scale = torch.stack([down.weight_scale_inv for _, _, down in linears])
+    width = linears[0][0].out_features
+    for index, (gate, up, down) in enumerate(linears):
+        gate.weight, up.weight, down.weight = w13[index, :width], w13[index, width:], w2[index]
     return w13, w13_scale.float(), w2, w2_scale.float()
 
 
 class TritonBackend(TorchBackend):
     """FP8 block-wise linears with dynamic activations run `qtools_kernels.fp8_block_linear` (W8A8 block GEMM);
     a MoE block whose experts are all such linears runs `qtools_kernels.fused_moe_fp8_block`, on expert weights
-    stacked into the kernel's [E, 2I, H] / [E, H, I] layout once per block (an FP8 copy of the experts, kept while
-    the block lives). Every other layer runs the torch reference."""
+    stacked into the kernel's [E, 2I, H] / [E, H, I] layout once per block (the experts' own buffers become views
+    of the stacks). Every other layer runs the torch reference."""
 
     name = "triton"
 
