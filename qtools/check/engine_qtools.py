@@ -22,7 +22,7 @@ from qtools.check.distribution import PairedForward, summarize
 from qtools.check.sqnr import compare_layer_weights, compare_resident_weights, layer_weight_summary, worst_modules
 from qtools.check.workload import Workload
 from qtools.errors import QtoolsError
-from qtools.runtime import Qwen3MoeModel, load_model
+from qtools.runtime import CheckpointLoader, Qwen3MoeModel
 
 SHAPE_KEYS = ("num_layers", "hidden_size", "vocab_size", "num_experts", "moe_intermediate_size")
 
@@ -39,12 +39,24 @@ class EngineRun:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def check_compatible(ref: Qwen3MoeModel, quant: Qwen3MoeModel, paths: tuple[Path, Path]) -> None:
-    """QtoolsError unless the two models have the same shapes."""
+def open_pair(ref: Path, quant: Path, **options: Any) -> tuple[CheckpointLoader, CheckpointLoader]:
+    """Loaders of both checkpoints (configs and headers only, no tensor read yet), with `options` for
+    `CheckpointLoader`; QtoolsError unless the two have the same shapes."""
+    loaders = CheckpointLoader(ref, **options), CheckpointLoader(quant, **options)
     for key in SHAPE_KEYS:
-        a, b = getattr(ref.config, key), getattr(quant.config, key)
+        a, b = (getattr(loader.config, key) for loader in loaders)
         if a != b:
-            raise QtoolsError(f"{paths[0]} and {paths[1]} are not the same model: config {key} {a} vs {b}")
+            raise QtoolsError(f"{ref} and {quant} are not the same model: config {key} {a} vs {b}")
+    return loaders
+
+
+def pair_info(ref: CheckpointLoader, quant: CheckpointLoader) -> dict[str, Any]:
+    """How the two checkpoints are read, for the report."""
+    return {
+        "reference_format": ref.info.weight_format,
+        "quantised_format": quant.info.weight_format,
+        "quantised_act_quant": quant.info.act_quant,
+    }
 
 
 def layer_walk(
@@ -111,17 +123,9 @@ def run_qtools(
 ) -> EngineRun:
     """Run the teacher-forced suites and weight comparison, then (resident models only) greedy decoding."""
     # Resident models keep dequantised weights (decoding re-runs every linear per token); streamed ones cannot.
-    cache = not stream_layers
-    ref_model = load_model(ref, device=device, stream_layers=stream_layers, dtype=dtype, cache_dequantized=cache)
-    quant_model = load_model(quant, device=device, stream_layers=stream_layers, dtype=dtype, cache_dequantized=cache)
-    check_compatible(ref_model, quant_model, (ref, quant))
-    run = EngineRun(
-        info={
-            "reference_format": ref_model.info.weight_format,
-            "quantised_format": quant_model.info.weight_format,
-            "quantised_act_quant": quant_model.info.act_quant,
-        }
-    )
+    loaders = open_pair(ref, quant, device=device, dtype=dtype, cache_dequantized=not stream_layers)
+    ref_model, quant_model = (loader.model(stream_layers) for loader in loaders)
+    run = EngineRun(info=pair_info(*loaders))
     if work.windows or weights:
         run.figures, run.weight_records = layer_walk(
             ref_model, quant_model, work.windows, work.valid_vocab, weights, log

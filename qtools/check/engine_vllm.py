@@ -21,11 +21,10 @@ import torch
 
 from qtools.check.decode import cut_at_eos
 from qtools.check.distribution import summarize
-from qtools.check.engine_qtools import EngineRun, check_compatible, layer_walk
+from qtools.check.engine_qtools import EngineRun, layer_walk, open_pair, pair_info
 from qtools.check.metrics import TokenComparison, compare_topk
 from qtools.check.workload import Workload
 from qtools.errors import QtoolsError
-from qtools.runtime import load_model
 
 TOP_K = 20  # vLLM's default max_logprobs
 
@@ -43,9 +42,8 @@ def require_vllm() -> Any:
     return vllm
 
 
-def _release(llm: Any) -> None:
-    """Drop a vLLM engine and its GPU memory before the next model is loaded."""
-    del llm
+def _release() -> None:
+    """Free the GPU memory of a vLLM engine its caller has just dropped, before the next model is loaded."""
     try:
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
@@ -80,7 +78,8 @@ def _run_model(
         results = llm.generate([{"prompt_token_ids": list(p)} for p in work.prompts], params, use_tqdm=False)
         outputs = [cut_at_eos(list(result.outputs[0].token_ids), work.eos) for result in results]
         log(f"vLLM decoded {len(outputs)} prompts with {path}")
-    _release(llm)
+    del llm
+    _release()
     return scored, outputs
 
 
@@ -98,10 +97,13 @@ def run_vllm(
     `options` are extra `vllm.LLM` keyword arguments (e.g. `pipeline_parallel_size`, `enable_expert_parallel`,
     `max_model_len`); `tensor_parallel_size` defaults to the number of visible GPUs."""
     vllm = require_vllm()
+    loaders = open_pair(ref, quant, device=device)
     options = {"tensor_parallel_size": max(1, torch.cuda.device_count()), **(options or {})}
     ref_scored, ref_outputs = _run_model(vllm, ref, ref, work, options, log)
     quant_scored, quant_outputs = _run_model(vllm, quant, ref, work, options, log)
-    run = EngineRun(ref_outputs=ref_outputs, quant_outputs=quant_outputs, info={"vllm_options": options})
+    run = EngineRun(
+        ref_outputs=ref_outputs, quant_outputs=quant_outputs, info={**pair_info(*loaders), "vllm_options": options}
+    )
     if work.windows:
         parts = [
             compare_topk(r, q, window[1:].tolist(), work.vocab_size)
@@ -111,15 +113,8 @@ def run_vllm(
             **summarize(TokenComparison.concat(parts), len(work.windows)),
             "kl_estimate": f"top-{TOP_K} lists plus a tail bucket (lower bound)",
         }
-    ref_model = load_model(ref, device=device, stream_layers=True)
-    quant_model = load_model(quant, device=device, stream_layers=True)
-    check_compatible(ref_model, quant_model, (ref, quant))
-    run.info.update(
-        reference_format=ref_model.info.weight_format,
-        quantised_format=quant_model.info.weight_format,
-        quantised_act_quant=quant_model.info.act_quant,
-    )
     if weights:
+        ref_model, quant_model = (loader.model(stream_layers=True) for loader in loaders)
         figures, run.weight_records = layer_walk(ref_model, quant_model, [], work.valid_vocab, True, log)
         run.figures.update(figures)
     return run

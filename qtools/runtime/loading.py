@@ -44,6 +44,11 @@ class CheckpointLoader:
         self.options = LoadOptions(device, dtype, resolve_backend(backend, device), act_quant, cache_dequantized)
         self.rotary = RotaryEmbedding(self.config).to(device)
 
+    @property
+    def info(self) -> RuntimeInfo:
+        """How the model is loaded (format, backend, act_quant), known before any tensor is read."""
+        return RuntimeInfo(self.format.name, self.options.backend.name, self.options.act_quant)
+
     def linear(self, module: str, shape: tuple[int, int]) -> RuntimeLinear:
         return self.format.load_linear(self.source, module, shape, self.options)
 
@@ -93,7 +98,7 @@ class CheckpointLoader:
         else:
             lm_head = self.linear("lm_head", (c.vocab_size, c.hidden_size))
         norm = self.norm("model.norm", c.hidden_size)
-        info = RuntimeInfo(self.format.name, self.options.backend.name, self.options.act_quant)
+        info = self.info
         if stream_layers:
             return Qwen3MoeModel(c, embed, norm, lm_head, layer_loader=self.layer, info=info)
         layers = [self.layer(index) for index in range(c.num_layers)]
