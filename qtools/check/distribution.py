@@ -41,7 +41,6 @@ class PairedForward:
     sequences: list[torch.Tensor]
     ref_hidden: list[torch.Tensor] = field(default_factory=list)
     quant_hidden: list[torch.Tensor] = field(default_factory=list)
-    layers: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         with torch.no_grad():
@@ -50,7 +49,7 @@ class PairedForward:
 
     @torch.no_grad()
     def step(self, index: int, ref_layer: DecoderLayer, quant_layer: DecoderLayer) -> dict:
-        """Push every sequence through decoder layer `index` of both models; returns (and keeps) the layer's
+        """Push every sequence through decoder layer `index` of both models; returns the layer's
         SQNR figures (see module docstring), accumulated in float64 over all tokens."""
         sums = {key: [0.0, 0.0] for key in ENERGY_KEYS}
         for i, sequence in enumerate(self.sequences):
@@ -70,7 +69,6 @@ class PairedForward:
                 sums[key][1] += noise
             self.ref_hidden[i] = ref_out
         figures = {"layer": index, **{f"{key}_sqnr_db": sqnr_from_energies(*sums[key]) for key in ENERGY_KEYS}}
-        self.layers.append(figures)
         return figures
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+import qtools
 from qtools.chat import chat_template_sha256, load_chat_template
 from qtools.check.decode import decode_text
 from qtools.check.engine_qtools import EngineRun, run_qtools
@@ -77,7 +78,7 @@ def _versions() -> dict[str, str]:
             return "not installed"
 
     return {
-        "qtools": version("qtools-moe"),
+        "qtools": qtools.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -119,18 +120,20 @@ def compare_replies(work: Workload, run: EngineRun) -> tuple[dict[str, Any], dic
             for prompt, a, b, position in zip(work.continuations, ref_cont, quant_cont, positions, strict=True)
         ]
         figures["generation"] = generation
-    if work.tool_prompts:
-        ref_texts = [decode_text(tokenizer, tokens) for tokens in ref_tools]
-        quant_texts = [decode_text(tokenizer, tokens) for tokens in quant_tools]
-        tools = compare_tool_replies(work.suites.tools, ref_texts, quant_texts)
-        details["tools"] = tools.pop("prompts")
-        figures["tools"] = tools
-    if work.fim_prompts:
-        ref_texts = [decode_text(tokenizer, tokens) for tokens in ref_fim]
-        quant_texts = [decode_text(tokenizer, tokens) for tokens in quant_fim]
-        fim = compare_middles(work.suites.fim, ref_texts, quant_texts)
-        details["fim"] = fim.pop("prompts")
-        figures["fim"] = fim
+    replies = (
+        ("tools", compare_tool_replies, work.suites.tools, ref_tools, quant_tools),
+        ("fim", compare_middles, work.suites.fim, ref_fim, quant_fim),
+    )
+    for key, compare, suite, ref_outputs, quant_outputs in replies:
+        if not suite:
+            continue
+        section = compare(
+            suite,
+            [decode_text(tokenizer, tokens) for tokens in ref_outputs],
+            [decode_text(tokenizer, tokens) for tokens in quant_outputs],
+        )
+        details[key] = section.pop("prompts")
+        figures[key] = section
     return figures, details
 
 
