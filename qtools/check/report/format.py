@@ -1,9 +1,15 @@
-"""Number formatting and the ordered list of headline figures shared by the Markdown and HTML reports."""
+"""Number formatting, headline figures and the table contents shared by the Markdown and HTML reports."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qtools.check.pipeline import CheckResult
+
+VERDICT_HEADER = ["key", "bound", "threshold", "value", "status"]
+WORST_HEADER = ["module", "format", "SQNR dB"]
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -86,3 +92,37 @@ def headline(figures: dict) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def verdict_title(result: CheckResult) -> str:
+    return "PASSED" if result.passed else f"FAILED ({len(result.failures)} threshold(s) missed)"
+
+
+def shown_verdicts(result: CheckResult) -> list[dict]:
+    """The thresholds that were evaluated (not switched off)."""
+    return [v for v in result.verdicts if v["status"] != "off"]
+
+
+def verdict_row(verdict: dict) -> list[str]:
+    return [
+        verdict["key"],
+        verdict["direction"],
+        fmt(verdict["threshold"]),
+        fmt(verdict["value"]),
+        verdict["status"].upper(),
+    ]
+
+
+def worst_rows(figures: dict) -> list[list[str]]:
+    """Rows of the worst-modules table (empty when the weights suite did not run)."""
+    return [[w["module"], w["format"], fmt(w["sqnr_db"])] for w in (figures.get("weights") or {}).get("worst", [])]
+
+
+def tool_mismatches(result: CheckResult) -> list[dict]:
+    """Tool prompts whose two replies differ."""
+    return [record for record in result.details.get("tools", []) if not record["same_text"]]
+
+
+def fim_diffs(result: CheckResult) -> list[dict]:
+    """FIM prompts whose two middles differ."""
+    return [record for record in result.details.get("fim", []) if "diff" in record]

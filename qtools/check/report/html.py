@@ -5,7 +5,18 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING
 
-from qtools.check.report.format import fmt, headline
+from qtools.check.report.format import (
+    VERDICT_HEADER,
+    WORST_HEADER,
+    fim_diffs,
+    fmt,
+    headline,
+    shown_verdicts,
+    tool_mismatches,
+    verdict_row,
+    verdict_title,
+    worst_rows,
+)
 from qtools.check.report.svg import bar_chart, histogram
 
 if TYPE_CHECKING:
@@ -91,11 +102,10 @@ def _details(result: CheckResult) -> str:
     if columns:
         rows = [[str(row["layer"]), *(fmt(row[key]) for key in columns)] for row in per_layer]
         parts.append("<h2>Per layer (SQNR, dB)</h2>" + _table(["layer", *columns], rows))
-    weights = result.figures.get("weights")
-    if weights and weights["worst"]:
-        rows = [[w["module"], w["format"], fmt(w["sqnr_db"])] for w in weights["worst"]]
-        parts.append("<h2>Worst modules (weight SQNR)</h2>" + _table(["module", "format", "SQNR dB"], rows))
-    mismatches = [record for record in result.details.get("tools", []) if not record["same_text"]]
+    worst = worst_rows(result.figures)
+    if worst:
+        parts.append("<h2>Worst modules (weight SQNR)</h2>" + _table(WORST_HEADER, worst))
+    mismatches = tool_mismatches(result)
     if mismatches:
         parts.append(f"<h2>Tool prompts where the replies differ ({len(mismatches)})</h2>")
         for record in mismatches:
@@ -107,23 +117,19 @@ def _details(result: CheckResult) -> str:
                 f"quantised {escape(str(record['quantised']['calls']))}</p>"
                 f"<pre>{escape(record['diff'])}</pre>"
             )
-    fim_diffs = [record for record in result.details.get("fim", []) if "diff" in record]
-    if fim_diffs:
-        parts.append(f"<h2>FIM middles that differ ({len(fim_diffs)})</h2>")
-        parts += [f"<h3>{escape(r['id'])}</h3><pre>{escape(r['diff'])}</pre>" for r in fim_diffs]
+    differing = fim_diffs(result)
+    if differing:
+        parts.append(f"<h2>FIM middles that differ ({len(differing)})</h2>")
+        parts += [f"<h3>{escape(r['id'])}</h3><pre>{escape(r['diff'])}</pre>" for r in differing]
     return "".join(parts)
 
 
 def render_html(result: CheckResult) -> str:
     """The HTML report."""
     meta = result.meta
-    verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} threshold(s) missed)"
-    shown = [v for v in result.verdicts if v["status"] != "off"]
-    verdicts = _table(
-        ["key", "bound", "threshold", "value", "status"],
-        [[v["key"], v["direction"], fmt(v["threshold"]), fmt(v["value"]), v["status"].upper()] for v in shown],
-        [v["status"] for v in shown],
-    )
+    verdict = verdict_title(result)
+    shown = shown_verdicts(result)
+    verdicts = _table(VERDICT_HEADER, [verdict_row(v) for v in shown], [v["status"] for v in shown])
     figures = _table(["figure", "value"], [[label, value] for label, value in headline(result.figures)])
     info = (
         f"reference {meta['reference']} ({meta['reference_format']}) — quantised {meta['quantised']} "

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtools.check.report.format import fmt, headline
+from qtools.check.report.format import (
+    VERDICT_HEADER,
+    WORST_HEADER,
+    fim_diffs,
+    fmt,
+    headline,
+    shown_verdicts,
+    tool_mismatches,
+    verdict_row,
+    verdict_title,
+    worst_rows,
+)
 
 if TYPE_CHECKING:
     from qtools.check.pipeline import CheckResult
@@ -24,9 +35,8 @@ def _fence(text: str, language: str = "") -> list[str]:
 def render_markdown(result: CheckResult) -> str:
     """The Markdown report."""
     meta, figures = result.meta, result.figures
-    verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} threshold(s) missed)"
     lines = [
-        f"# qtools check: {verdict}",
+        f"# qtools check: {verdict_title(result)}",
         "",
         f"- reference: `{meta['reference']}` ({meta['reference_format']})",
         f"- quantised: `{meta['quantised']}` ({meta['quantised_format']}, activation quantisation "
@@ -40,12 +50,7 @@ def render_markdown(result: CheckResult) -> str:
         "## Thresholds",
         "",
     ]
-    rows = [
-        [v["key"], v["direction"], fmt(v["threshold"]), fmt(v["value"]), v["status"].upper()]
-        for v in result.verdicts
-        if v["status"] != "off"
-    ]
-    lines += _table(["key", "bound", "threshold", "value", "status"], rows)
+    lines += _table(VERDICT_HEADER, [verdict_row(v) for v in shown_verdicts(result)])
     lines += ["", "## Figures", ""]
     lines += _table(["figure", "value"], [[label, value] for label, value in headline(figures)])
     per_layer = figures.get("layers", {}).get("per_layer", [])
@@ -65,13 +70,11 @@ def render_markdown(result: CheckResult) -> str:
         lines += _table(
             ["layer", *columns], [[str(row["layer"]), *(fmt(row[c]) for c in columns)] for row in per_layer]
         )
-    weights = figures.get("weights")
-    if weights and weights["worst"]:
+    worst = worst_rows(figures)
+    if worst:
         lines += ["", "## Worst modules (weight SQNR)", ""]
-        lines += _table(
-            ["module", "format", "SQNR dB"], [[w["module"], w["format"], fmt(w["sqnr_db"])] for w in weights["worst"]]
-        )
-    mismatches = [record for record in result.details.get("tools", []) if not record["same_text"]]
+        lines += _table(WORST_HEADER, worst)
+    mismatches = tool_mismatches(result)
     if mismatches:
         lines += ["", f"## Tool prompts where the replies differ ({len(mismatches)})", ""]
         for record in mismatches:
@@ -86,9 +89,9 @@ def render_markdown(result: CheckResult) -> str:
                 *_fence(record["diff"], "diff"),
                 "",
             ]
-    fim_diffs = [record for record in result.details.get("fim", []) if "diff" in record]
-    if fim_diffs:
-        lines += ["", f"## FIM middles that differ ({len(fim_diffs)})", ""]
-        for record in fim_diffs:
+    differing = fim_diffs(result)
+    if differing:
+        lines += ["", f"## FIM middles that differ ({len(differing)})", ""]
+        for record in differing:
             lines += [f"### {record['id']}", "", *_fence(record["diff"], "diff"), ""]
     return "\n".join(lines).rstrip() + "\n"
