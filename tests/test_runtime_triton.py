@@ -20,6 +20,7 @@ import torch
 from qtools.convert import convert_checkpoint
 from qtools.recipe import load_recipe
 from qtools.runtime import load_model
+from qtools.testing.files import RECIPES_DIR
 from qtools.testing.synth import SynthSpec, make_checkpoint
 
 pytestmark = pytest.mark.skipif(
@@ -36,16 +37,11 @@ SPECS = {
 
 
 @pytest.fixture(scope="module", params=list(SPECS))
-def fp8_checkpoint(request, tmp_path_factory, fp8_recipe_module) -> tuple[str, Path]:
+def fp8_checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     root = tmp_path_factory.mktemp("triton")
     source = make_checkpoint(root / "bf16", SPECS[request.param], seed=0)
-    convert_checkpoint(source, root / "fp8", fp8_recipe_module, workers=1)
+    convert_checkpoint(source, root / "fp8", load_recipe(RECIPES_DIR / "fp8-block.yaml"), workers=1)
     return request.param, root / "fp8"
-
-
-@pytest.fixture(scope="module")
-def fp8_recipe_module():
-    return load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "fp8-block.yaml")
 
 
 def _rel_l2(got: torch.Tensor, expected: torch.Tensor) -> float:
