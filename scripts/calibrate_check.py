@@ -17,9 +17,8 @@ from qtools.check.pipeline import run_check
 from qtools.check.thresholds import Thresholds
 from qtools.convert import convert_checkpoint
 from qtools.recipe import load_recipe
+from qtools.testing.files import RECIPES_DIR, TOY_MODEL_DIR
 from qtools.toy.cache import cached_toy_model
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
@@ -28,9 +27,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)
-    toy = cached_toy_model(prebuilt=REPO / "models" / "toy-qwen3-coder")
+    toy = cached_toy_model(prebuilt=TOY_MODEL_DIR)
     candidates = {"FP8 (hf-fp8)": args.out / "fp8", "2-bit experts, layer 0": args.out / "2bit-layer0"}
-    convert_checkpoint(toy, candidates["FP8 (hf-fp8)"], load_recipe(REPO / "recipes" / "fp8-block.yaml"), workers=1)
+    convert_checkpoint(toy, candidates["FP8 (hf-fp8)"], load_recipe(RECIPES_DIR / "fp8-block.yaml"), workers=1)
     damage_experts(toy, candidates["2-bit experts, layer 0"], layer=0)
     candidates["noise 0.3 on expert 3, layer 1"] = args.out / "noise-l1e3"
     damage_experts(toy, candidates["noise 0.3 on expert 3, layer 1"], layer=1, expert=3, noise=0.3)

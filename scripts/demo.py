@@ -13,10 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qtools.testing.files import TOY_MODEL_DIR
 from qtools.toy.cache import cached_toy_model
-
-REPO = Path(__file__).resolve().parent.parent
-TOY_MODEL = REPO / "models" / "toy-qwen3-coder"
 
 
 def qtools(*args: str, check: bool = True) -> int:
@@ -30,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)
-    source = cached_toy_model(prebuilt=TOY_MODEL)
+    source = cached_toy_model(prebuilt=TOY_MODEL_DIR)
     print(f"toy BF16 model: {source}", flush=True)
     fp8 = args.out / "fp8"
     qtools("convert", str(source), str(fp8))

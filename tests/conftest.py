@@ -7,11 +7,8 @@ from pathlib import Path
 import pytest
 
 from qtools.recipe import Recipe, load_recipe
+from qtools.testing.files import RECIPES_DIR, TOY_MODEL_DIR
 from qtools.testing.synth import SynthSpec, make_checkpoint
-
-REPO = Path(__file__).resolve().parent.parent
-RECIPES = REPO / "recipes"
-TOY_MODEL = REPO / "models" / "toy-qwen3-coder"
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +19,7 @@ def synth_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fp8_recipe() -> Recipe:
-    return load_recipe(RECIPES / "fp8-block.yaml")
+    return load_recipe(RECIPES_DIR / "fp8-block.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -33,4 +30,4 @@ def toy_model_dir() -> Path:
     fails if the model misses its gate."""
     from qtools.toy.cache import cached_toy_model
 
-    return cached_toy_model(prebuilt=TOY_MODEL)
+    return cached_toy_model(prebuilt=TOY_MODEL_DIR)

@@ -8,7 +8,7 @@ CLI does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
+from qtools._lazy import lazy_getattr
 
 _EXPORTS = {
     "CheckResult": "qtools.check.pipeline",
@@ -17,11 +17,4 @@ _EXPORTS = {
     "Thresholds": "qtools.check.thresholds",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'qtools.check' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

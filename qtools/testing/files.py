@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO_ROOT / "recipes"
+# The toy model build committed to the repository (see docs/toy.md).
+TOY_MODEL_DIR = REPO_ROOT / "models" / "toy-qwen3-coder"
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -8,8 +8,7 @@ misses its quality gate. The names below are imported on first use, so the `qtoo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from qtools._lazy import lazy_getattr
 
 _EXPORTS = {
     "GATE_FILE": "qtools.toy.build",
@@ -18,9 +17,4 @@ _EXPORTS = {
     "ToyRecipe": "qtools.toy.recipe",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'qtools.toy' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

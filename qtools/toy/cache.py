@@ -1,10 +1,10 @@
 """A cache of built toy models, keyed by everything that decides the weights.
 
 The key hashes the recipe, the source of `qtools.toy`, `qtools.chat` and `qtools.generation` (data, template,
-training code, the gate's decoding), the Python version (the training code is its standard library) and the
-torch, transformers and tokenizers versions. A build goes to a temporary sibling directory and is renamed into
-place only once it has passed its gate, so an interrupted or failed build is never reused and concurrent builders
-do not clash.
+training code, the gate's decoding; not the modules that only drive or cache a build), the Python version (the
+training code is its standard library) and the torch, transformers and tokenizers versions. A build goes to a
+temporary sibling directory and is renamed into place only once it has passed its gate, so an interrupted or
+failed build is never reused and concurrent builders do not clash.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import os
 import platform
 import shutil
 import tempfile
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
-
-import tokenizers
-import torch
-import transformers
 
 from qtools.toy.recipe import ToyRecipe
 
 CACHE_ENV = "QTOOLS_CACHE"
 # Written by every build that passes its gate: the key of the recipe, seed, sources and versions it used.
 KEY_FILE = "toy_key.txt"
+# Modules that decide neither the data, the training nor the gate: editing them keeps the key (and the build).
+NOT_IN_KEY = {"qtools.toy": {"__init__.py", "cache.py", "cli.py"}}
+# Read from package metadata, not by importing them: the key is computed on every test session and demo start.
+VERSIONED = ("torch", "transformers", "tokenizers")
 
 
 def cache_root() -> Path:
@@ -34,18 +34,20 @@ def cache_root() -> Path:
 
 
 def _package_sources(package: str) -> list[tuple[str, bytes]]:
-    root = resources.files(package)
+    root = Path(str(resources.files(package)))
+    skipped = NOT_IN_KEY.get(package, set())
     found = []
-    for entry in sorted(Path(str(root)).rglob("*")):
-        if entry.is_file() and entry.suffix in {".py", ".jinja", ".json"}:
-            found.append((entry.relative_to(Path(str(root))).as_posix(), entry.read_bytes()))
+    for entry in sorted(root.rglob("*")):
+        name = entry.relative_to(root).as_posix()
+        if entry.is_file() and entry.suffix in {".py", ".jinja", ".json"} and name not in skipped:
+            found.append((name, entry.read_bytes()))
     return found
 
 
 def toy_cache_key(recipe: ToyRecipe, seed: int) -> str:
     """Hex digest identifying the weights a build with `recipe` and `seed` produces on this software stack."""
     digest = hashlib.sha256()
-    versions = (platform.python_version(), torch.__version__, transformers.__version__, tokenizers.__version__)
+    versions = (platform.python_version(), *(metadata.version(name) for name in VERSIONED))
     for part in (recipe.sha256(), str(seed), *versions):
         digest.update(part.encode() + b"\0")
     for package in ("qtools.toy", "qtools.chat"):

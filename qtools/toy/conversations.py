@@ -136,34 +136,28 @@ def _offered_tools(rng: random.Random, include: ToolSpec | None, count: int) -> 
 def tool_call_chat(rng: random.Random, spec: ToolSpec | None = None, heldout: bool = False, max_tools: int = 4) -> Chat:
     """A request that one of the offered tools answers; the assistant turn is that call and nothing else."""
     spec = spec or rng.choice(TOOL_SPECS)
-    request, arguments = compose_request(spec, rng, heldout)
-    call = {"name": spec.name, "arguments": arguments}
-    messages = [
-        *_system(rng, heldout),
-        {"role": "user", "content": request},
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]},
-    ]
+    turn = _tool_turn(rng, spec, answered=False, heldout=heldout)
+    messages = [*_system(rng, heldout), *turn]
     tools = _offered_tools(rng, spec, rng.randint(2, max_tools))
-    return Chat("tool_call", messages, tools, call)
+    return Chat("tool_call", messages, tools, _call_of(turn))
 
 
 def bare_call_chat(rng: random.Random) -> Chat:
     """A request answered by a call with no tool list rendered: a short sequence that teaches which request
     words pick which tool. The tool list is what makes real prompts long; without it the link from request to
     name is learned in a fraction of the steps, and carries over to prompts that list the tools."""
-    spec = rng.choice(TOOL_SPECS)
-    request, arguments = compose_request(spec, rng, heldout=False)
-    call = {"name": spec.name, "arguments": arguments}
-    messages = [
-        {"role": "user", "content": request},
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]},
-    ]
-    return Chat("bare_call", messages, None, call)
+    turn = _tool_turn(rng, rng.choice(TOOL_SPECS), answered=False)
+    return Chat("bare_call", turn, None, _call_of(turn))
 
 
-def _tool_turn(rng: random.Random, spec: ToolSpec, answered: bool) -> list[dict[str, Any]]:
+def _call_of(turn: list[dict[str, Any]]) -> dict[str, Any]:
+    """The call made by the assistant message of a `_tool_turn` without a result."""
+    return turn[-1]["tool_calls"][0]["function"]
+
+
+def _tool_turn(rng: random.Random, spec: ToolSpec, answered: bool, heldout: bool = False) -> list[dict[str, Any]]:
     """A request for `spec`, the call, and (when `answered`) the tool's result and the reply built from it."""
-    request, arguments = compose_request(spec, rng, heldout=False)
+    request, arguments = compose_request(spec, rng, heldout)
     call = {"name": spec.name, "arguments": arguments}
     turn = [
         {"role": "user", "content": request},

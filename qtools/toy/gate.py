@@ -25,7 +25,7 @@ from qtools.generation import generate
 from qtools.toy.code_corpus import CodeFile
 from qtools.toy.conversations import Chat, fim_chat, plain_answer_chat, tool_call_chat
 from qtools.toy.recipe import ToyRecipe
-from qtools.toy.tokenizer import PAD_TOKEN
+from qtools.toy.tokenizer import PAD_TOKEN, token_id
 from qtools.toy.tools_suite import TOOL_SPECS
 
 GATE_SEED = 20250722  # fixed: the held-out prompts do not move with the training seed
@@ -174,7 +174,7 @@ def evaluate_gate(
     `tokenizers.Tokenizer` (for the code token streams).
     """
     decoded = decode_gate_prompts(model, hf_tokenizer, gate_prompts(recipe, heldout_code), recipe.gate_max_new_tokens)
-    separator = tokenizer.token_to_id(PAD_TOKEN)
+    separator = token_id(tokenizer, PAD_TOKEN)
     heldout_tokens = code_token_stream(heldout_code, tokenizer, separator, recipe.gate_ppl_tokens)
     train_tokens = code_token_stream(train_code, tokenizer, separator)
     model_ppl, scored = perplexity(model, heldout_tokens, recipe.seq_len)
@@ -202,14 +202,10 @@ def gate_thresholds(recipe: ToyRecipe) -> dict[str, float]:
 
 def gate_failures(figures: dict[str, Any], recipe: ToyRecipe) -> list[str]:
     """One line per missed threshold; empty when the gate passes."""
-    failures = [
-        f"{key} {figures[key]:.3f} < {limit}"
-        for key, limit in (
-            ("tool_parseable", recipe.gate_min_parseable),
-            ("tool_right_name", recipe.gate_min_right_name),
-        )
-        if figures[key] < limit
-    ]
-    if figures["ppl_ratio"] >= recipe.gate_max_ppl_ratio:
-        failures.append(f"ppl_ratio {figures['ppl_ratio']:.3f} >= {recipe.gate_max_ppl_ratio}")
+    failures = []
+    for name, limit in gate_thresholds(recipe).items():
+        key, bound = name.rsplit("_", 1)  # "<figure>_min" or "<figure>_max"
+        missed, sign = (figures[key] < limit, "<") if bound == "min" else (figures[key] >= limit, ">=")
+        if missed:
+            failures.append(f"{key} {figures[key]:.3f} {sign} {limit}")
     return failures

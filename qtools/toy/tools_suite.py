@@ -403,11 +403,6 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def tool_schemas() -> list[dict[str, Any]]:
-    """Every tool's OpenAI-style schema, in a fixed order."""
-    return [spec.schema for spec in TOOL_SPECS]
-
-
 def compose_request(spec: ToolSpec, rng: random.Random, heldout: bool) -> tuple[str, Arguments]:
     """A request for `spec` (held-out cores, wrappers and values when `heldout`) and the arguments it implies,
     in the schema's parameter order, as a model writes them."""
