@@ -91,3 +91,17 @@ def test_non_finite_weight_is_an_error(bad, dtype):
 def test_rejects_non_matrix_or_integer(weight):
     with pytest.raises(ValueError):
         quantize_fp8_block(weight)
+
+
+def test_same_block_rule_as_the_kernels_reference():
+    """qtools' converter and the kernels' reference (which quantises the kernels' test weights) are one rule, bit
+    for bit, on the edge cases too: an all-zero block, a block below the old 1e-10 amax floor, partial blocks."""
+    from qtools_kernels.reference import quantize_fp8_block_ref
+
+    weight = (torch.randn(300, 200, generator=torch.Generator().manual_seed(3)) * 0.02).bfloat16()
+    weight[:128, 128:] = 0
+    weight[128:256, :128] *= 1e-10
+    codes, scales = quantize_fp8_block(weight)
+    ref_codes, ref_scales = quantize_fp8_block_ref(weight)
+    assert torch.equal(scales, ref_scales)
+    assert torch.equal(codes.view(torch.uint8), ref_codes.view(torch.uint8))

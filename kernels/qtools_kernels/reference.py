@@ -12,7 +12,9 @@ import torch
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_E4M3_MAX = 448.0
 FP8_SCALE_EPS = 1e-10
-"""amax floor: an all-zero group gets scale 1e-10 / 448 (a normal fp32, so no flush to zero) and q = 0."""
+"""Activation amax floor (vLLM's): an all-zero group gets scale 1e-10 / 448 (a normal fp32) and q = 0."""
+FP8_ZERO_BLOCK_SCALE = 1.0
+"""weight_scale_inv of an all-zero weight block: finite and positive; its codes (all 0) dequantise to 0."""
 FP8_BLOCK = 128
 INT4_OFFSET = 8
 """compressed-tensors stores each signed int4 value q in [-8, 7] as the nibble q + 8."""
@@ -27,6 +29,23 @@ def _expand_blocks(scale: torch.Tensor, block: tuple[int, int], shape: tuple[int
     rows, cols = shape
     full = scale.repeat_interleave(block[0], dim=-2).repeat_interleave(block[1], dim=-1)
     return full[..., :rows, :cols]
+
+
+def fp8_block_scale(amax: torch.Tensor) -> torch.Tensor:
+    """The FP8 weight block rule: fp32 amax(|block|) of any shape -> fp32 weight_scale_inv of that shape,
+    `amax / 448`, or `FP8_ZERO_BLOCK_SCALE` for an all-zero block.
+
+    The one definition of the rule: qtools' checkpoint converter (`qtools.numerics.fp8`) and
+    `quantize_fp8_block_ref` (the kernels' test weights) both call it. Unlike activations, weights get no amax
+    floor, so a block of tiny weights keeps the full e4m3 resolution.
+    """
+    return torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.full_like(amax, FP8_ZERO_BLOCK_SCALE))
+
+
+def fp8_e4m3_codes(scaled: torch.Tensor) -> torch.Tensor:
+    """fp32 values already divided by their scale -> float8_e4m3fn codes of the same shape: clamped to
+    +-448 (the cast would turn larger values into NaN), then rounded to nearest even by the cast."""
+    return scaled.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_DTYPE)
 
 
 def per_token_group_quant_fp8_ref(
@@ -49,7 +68,7 @@ def per_token_group_quant_fp8_ref(
     xf = xf.view(m, groups, group_size)
     amax = xf.abs().amax(dim=-1)
     scale = amax.clamp_min(FP8_SCALE_EPS) / FP8_E4M3_MAX
-    q = (xf / scale[..., None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_DTYPE)
+    q = fp8_e4m3_codes(xf / scale[..., None])
     return q.view(m, groups * group_size)[:, :k].contiguous(), scale
 
 
@@ -68,17 +87,16 @@ def quantize_fp8_block_ref(w: torch.Tensor, block: int = FP8_BLOCK) -> tuple[tor
 
     Returns:
         q: [..., N, K] float8_e4m3fn.
-        weight_scale_inv: [..., ceil(N / block), ceil(K / block)] fp32, `max(amax, 1e-10) / 448`; the
-            dequantised weight is `q * weight_scale_inv` per block.
+        weight_scale_inv: [..., ceil(N / block), ceil(K / block)] fp32, `fp8_block_scale(amax)` (amax / 448,
+            1.0 for an all-zero block); the dequantised weight is `q * weight_scale_inv` per block.
     """
     *lead, n, k = w.shape
     nb, kb = cdiv(n, block), cdiv(k, block)
     padded = torch.zeros(*lead, nb * block, kb * block, dtype=torch.float32, device=w.device)
     padded[..., :n, :k] = w.float()
     tiles = padded.view(*lead, nb, block, kb, block)
-    amax = tiles.abs().amax(dim=(-3, -1))
-    scale = amax.clamp_min(FP8_SCALE_EPS) / FP8_E4M3_MAX
-    q = (tiles / scale[..., :, None, :, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_DTYPE)
+    scale = fp8_block_scale(tiles.abs().amax(dim=(-3, -1)))
+    q = fp8_e4m3_codes(tiles / scale[..., :, None, :, None])
     q = q.view(*lead, nb * block, kb * block)[..., :n, :k].contiguous()
     return q, scale
 

@@ -8,7 +8,12 @@ import torch
 from qtools_kernels import per_token_group_quant_fp8
 from qtools_kernels._buffers import empty
 from qtools_kernels.fp8_quant import plan_per_token_group_quant_fp8
-from qtools_kernels.reference import FP8_DTYPE, per_token_group_quant_fp8_ref
+from qtools_kernels.reference import (
+    FP8_DTYPE,
+    FP8_ZERO_BLOCK_SCALE,
+    per_token_group_quant_fp8_ref,
+    quantize_fp8_block_ref,
+)
 
 
 def assert_bit_exact(x: torch.Tensor, group_size: int) -> None:
@@ -55,6 +60,18 @@ def test_zero_and_tiny_groups_keep_finite_scales(device) -> None:
     assert torch.equal(scale[0].cpu(), torch.full((2,), 1e-10 / 448))
     assert (q[0].float() == 0).all()
     assert_bit_exact(x.to(device), 128)
+
+
+def test_weight_blocks_zero_and_tiny_follow_the_block_rule() -> None:
+    # Weights (unlike activations) have no amax floor: an all-zero block gets scale 1.0 and zero codes, a
+    # block of tiny weights keeps amax / 448, so its maximum still maps to +-448. qtools' converter agrees.
+    w = torch.ones(2, 130, 300)
+    w[0, :128, :128] = 0
+    w[1, 128:, 256:] = 1e-20
+    q, scale = quantize_fp8_block_ref(w)
+    assert scale.shape == (2, 2, 3) and scale[0, 0, 0] == FP8_ZERO_BLOCK_SCALE
+    assert (q[0, :128, :128].float() == 0).all()
+    assert scale[1, 1, 2] == torch.tensor(1e-20) / 448 and (q[1, 128:, 256:].float() == 448).all()
 
 
 def test_poison_catches_unwritten_rows(device) -> None:

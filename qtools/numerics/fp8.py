@@ -1,8 +1,10 @@
 """FP8 e4m3 block-wise weight quantisation (the official Qwen / DeepSeek layout).
 
 A weight W [out, in] is cut into 128x128 blocks (partial blocks at the edges); each block gets
-`weight_scale_inv = amax(|block|) / 448` in float32 and codes `q = clamp(W / scale, -448, 448)` cast to
-float8_e4m3fn. Dequantisation is `W ~= q * weight_scale_inv`, block by block.
+`weight_scale_inv = amax(|block|) / 448` in float32 (1.0 for an all-zero block) and codes
+`q = clamp(W / scale, -448, 448)` cast to float8_e4m3fn. Dequantisation is `W ~= q * weight_scale_inv`, block by
+block. The rule itself (`fp8_block_scale`, `fp8_e4m3_codes`) is defined once, in `qtools_kernels.reference`, so
+the converter and the kernels' reference cannot drift apart.
 
 The work is done one row of blocks at a time (`block_row_scales`, `quantize_block_row`) so a streaming converter
 never holds more than 128 rows of a weight; `quantize_fp8_block` applies them to a whole tensor.
@@ -14,10 +16,20 @@ import math
 
 import torch
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0
-# An all-zero block gets this scale: finite, positive, and its codes (all zero) dequantise to exactly 0.
-ZERO_BLOCK_SCALE = 1.0
+from qtools_kernels.reference import FP8_DTYPE, fp8_block_scale, fp8_e4m3_codes
+from qtools_kernels.reference import FP8_E4M3_MAX as FP8_MAX
+
+__all__ = [
+    "FP8_DTYPE",
+    "FP8_MAX",
+    "NonFiniteWeightError",
+    "block_row_scales",
+    "block_scales_reference",
+    "dequantize_fp8_block",
+    "quantize_block_row",
+    "quantize_fp8_block",
+    "scale_shape",
+]
 
 
 class NonFiniteWeightError(ValueError):
@@ -38,8 +50,7 @@ def block_scales_reference(weight: torch.Tensor, block: tuple[int, int] = (128, 
     padded = torch.nn.functional.pad(
         weight.float(), (0, n_in * block[1] - in_features, 0, n_out * block[0] - out_features)
     )
-    amax = padded.view(n_out, block[0], n_in, block[1]).abs().amax(dim=(1, 3))
-    return torch.where(amax > 0, amax / FP8_MAX, torch.full_like(amax, ZERO_BLOCK_SCALE))
+    return fp8_block_scale(padded.view(n_out, block[0], n_in, block[1]).abs().amax(dim=(1, 3)))
 
 
 _SIGN_MASKS = {2: (torch.int16, 0x7FFF), 4: (torch.int32, 0x7FFFFFFF)}
@@ -75,7 +86,7 @@ def block_row_scales(rows: torch.Tensor, block_in: int = 128) -> torch.Tensor:
     # amax propagates NaN and Inf, so this finds every non-finite value without another pass.
     if not torch.isfinite(amax).all():
         raise NonFiniteWeightError("weight holds NaN/Inf values")
-    return torch.where(amax > 0, amax / FP8_MAX, torch.full_like(amax, ZERO_BLOCK_SCALE))
+    return fp8_block_scale(amax)
 
 
 def quantize_block_row(rows: torch.Tensor, scales: torch.Tensor, block_in: int = 128) -> torch.Tensor:
@@ -87,8 +98,7 @@ def quantize_block_row(rows: torch.Tensor, scales: torch.Tensor, block_in: int =
         work[:, :full_in].view(n_rows, full_in // block_in, block_in).div_(scales[: full_in // block_in, None])
     if full_in < in_features:
         work[:, full_in:].div_(scales[-1])
-    work.clamp_(-FP8_MAX, FP8_MAX)
-    return work.to(FP8_DTYPE)
+    return fp8_e4m3_codes(work)
 
 
 def quantize_fp8_block(weight: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
