@@ -3,7 +3,8 @@
 `damage_experts(src, dst, layer)` copies `src` and re-quantises every expert weight of one decoder layer with
 2-bit round-to-nearest (asymmetric, groups of 128 along the input dimension), written back in the source
 dtype; `noise=` instead adds Gaussian noise of that relative RMS to one expert. Only the touched shards are
-rewritten; everything else is copied byte for byte.
+rewritten (streamed through the checkpoint writer convert uses, untouched tensors copied byte for byte); every
+other file is copied as it is.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from qtools.checkpoint.hf import Checkpoint
+from qtools.checkpoint.safetensors_io import SafetensorsReader, StreamingWriter, TensorSpec
+from qtools.checkpoint.writer import PT_METADATA
 from qtools.errors import QtoolsError
 
 
@@ -43,24 +46,48 @@ def damage_experts(
 ) -> list[str]:
     """Copy checkpoint `src` to `dst` with the experts of decoder `layer` damaged (all of them, or only
     `expert`): 2-bit RTN, or Gaussian noise of relative RMS `noise` when given. Returns the damaged tensor
-    names. Works on dense (BF16) checkpoints; raises QtoolsError when nothing matches."""
+    names. Works on dense (BF16) checkpoints; raises QtoolsError, before writing anything, when nothing matches
+    or a matching weight is not dense."""
     src, dst = Path(src), Path(dst)
     which = r"\d+" if expert is None else str(expert)
     pattern = re.compile(rf"model\.layers\.{layer}\.mlp\.experts\.{which}\.(gate|up|down)_proj\.weight")
-    shutil.copytree(src, dst)
-    damaged: list[str] = []
-    for shard in sorted(dst.glob("*.safetensors")):
-        tensors = load_file(shard)
+    checkpoint = Checkpoint.open(src)
+    targets: dict[str, list[str]] = {}
+    for shard in checkpoint.shard_names:
+        tensors = checkpoint.reader(shard).tensors
         names = sorted(name for name in tensors if pattern.fullmatch(name))
-        if not names:
-            continue
-        for index, name in enumerate(names):
-            if not tensors[name].is_floating_point() or tensors[name].element_size() < 2:
-                raise QtoolsError(f"{shard}: {name} is {tensors[name].dtype}; damage a dense checkpoint")
-            weight = tensors[name]
-            tensors[name] = rtn_quantize(weight) if noise is None else add_noise(weight, noise, seed=index)
-        save_file(tensors, shard, metadata={"format": "pt"})
-        damaged += names
-    if not damaged:
+        for name in names:
+            dtype = tensors[name].dtype
+            if not dtype.is_floating_point or dtype.itemsize < 2:
+                raise QtoolsError(f"{src / shard}: {name} is {dtype}; damage a dense checkpoint")
+        if names:
+            targets[shard] = names
+    if not targets:
         raise QtoolsError(f"{src}: no expert weights of layer {layer} (expert {expert}) to damage")
-    return damaged
+    root = src.resolve()
+    # The damaged shards are written from the source below, so the copy skips them.
+    shutil.copytree(
+        src, dst, ignore=lambda folder, names: targets.keys() & set(names) if Path(folder).resolve() == root else []
+    )
+    for shard, names in targets.items():
+        _write_damaged_shard(src / shard, dst / shard, names, noise)
+    return [name for names in targets.values() for name in names]
+
+
+def _write_damaged_shard(source: Path, destination: Path, names: list[str], noise: float | None) -> None:
+    """Stream `source` into `destination` with tensors `names` damaged, every other tensor copied byte for byte."""
+    reader = SafetensorsReader(source)
+    infos = sorted(reader.tensors.values(), key=lambda info: info.start)
+    writer = StreamingWriter(destination, [TensorSpec(i.name, i.dtype, i.shape) for i in infos], PT_METADATA)
+    try:
+        for info in infos:
+            if info.name not in names:
+                writer.copy_part(info.name, source, info.start, info.nbytes)
+                continue
+            weight = reader.read(info.name)
+            seed = names.index(info.name)
+            writer.write(info.name, rtn_quantize(weight) if noise is None else add_noise(weight, noise, seed=seed))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise

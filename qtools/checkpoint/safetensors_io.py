@@ -155,6 +155,11 @@ class TensorSpec:
     def nbytes(self) -> int:
         return math.prod(self.shape) * dtype_itemsize(self.dtype)
 
+    @classmethod
+    def of(cls, name: str, tensor: torch.Tensor) -> TensorSpec:
+        """The spec of a tensor in hand."""
+        return cls(name, tensor.dtype, tuple(tensor.shape))
+
 
 def _layout(specs: list[TensorSpec]) -> list[TensorSpec]:
     # Widest dtypes first keeps every tensor aligned to its element size, as safetensors' own writer does.
@@ -285,6 +290,19 @@ class StreamingWriter:
         if not self._handle.closed:
             self._handle.close()
         self.partial.unlink(missing_ok=True)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Write `tensors` (any dtypes and shapes) to the safetensors file `path` through `StreamingWriter`
+    (atomically; the layout is safetensors' own); returns its `shard_digest`."""
+    writer = StreamingWriter(path, [TensorSpec.of(name, tensor) for name, tensor in tensors.items()], metadata)
+    try:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _combine_digests(header: bytes, tensor_digests: list[bytes]) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from qtools import __version__
-from qtools.checkpoint.hf import INDEX_NAME, Checkpoint
-from qtools.checkpoint.safetensors_io import write_atomic
+from qtools.checkpoint.hf import Checkpoint
+from qtools.checkpoint.writer import write_index, write_json
 from qtools.convert import distributed
 from qtools.convert.plan import ConversionPlan, plan_conversion
 from qtools.convert.shard import ShardRecord, convert_shard
@@ -186,14 +186,10 @@ def _finalize(checkpoint: Checkpoint, destination: Path, plan: ConversionPlan, r
     config["quantization_config"] = fmt.quantization_config(
         recipe.block_size, plan.kept_linear_modules, num_layers, _compressed_tensors_version()
     )
-    write_atomic(destination / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    write_json(destination / "config.json", config)
     weight_map = {name: shard for shard, rec in records.items() for name in rec.tensors}
     total = sum(nbytes for rec in records.values() for nbytes in rec.tensors.values())
-    index = {
-        "metadata": {"total_size": total, "qtools_version": __version__},
-        "weight_map": dict(sorted(weight_map.items())),
-    }
-    write_atomic(destination / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
+    write_index(destination, weight_map, {"total_size": total, "qtools_version": __version__})
     return sum(rec.size for rec in records.values())
 
 

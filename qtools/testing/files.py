@@ -7,7 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from qtools.checkpoint.safetensors_io import save_tensors
+from qtools.checkpoint.writer import PT_METADATA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO_ROOT / "recipes"
@@ -29,7 +32,7 @@ def edit_shard(shard: Path, pick: Callable[[str], bool], edit: Callable[[torch.T
     tensors = load_file(shard)
     name = next(n for n in sorted(tensors) if pick(n))
     tensors[name] = edit(tensors[name])
-    save_file(tensors, shard, metadata={"format": "pt"})
+    save_tensors(shard, tensors, PT_METADATA)
     return name
 
 

@@ -6,14 +6,14 @@ non-weight files real releases carry. Dimensions need not be multiples of 128.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from qtools.checkpoint.qwen3_moe import expected_shapes
+from qtools.checkpoint.safetensors_io import TensorSpec, write_atomic
+from qtools.checkpoint.writer import write_json, write_sharded_checkpoint
 
 
 @dataclass(frozen=True)
@@ -87,32 +87,16 @@ def _random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator
 
 
 def make_checkpoint(path: str | Path, spec: SynthSpec | None = None, seed: int = 0) -> Path:
-    """Write a synthetic Qwen3-MoE checkpoint to `path` (created); returns the path."""
+    """Write a synthetic Qwen3-MoE checkpoint to `path` (created) through the writer convert uses; returns the
+    path. One tensor at a time is held, so benchmark-sized checkpoints fit in memory."""
     spec = spec or SynthSpec()
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, spec.dtype)
     generator = torch.Generator().manual_seed(seed)
-    shards: list[dict[str, tuple[int, ...]]] = [{}]
-    sizes = [0]
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    for name, shape in spec.tensor_shapes().items():
-        nbytes = itemsize * torch.Size(shape).numel()
-        if sizes[-1] and sizes[-1] + nbytes > spec.shard_bytes:
-            shards.append({})
-            sizes.append(0)
-        shards[-1][name] = shape
-        sizes[-1] += nbytes
-    weight_map = {}
-    for number, names in enumerate(shards, start=1):
-        file = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {n: _random_tensor(n, s, generator, dtype) for n, s in names.items()}
-        save_file(tensors, path / file, metadata={"format": "pt"})
-        weight_map.update({n: file for n in names})
-        del tensors
-    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
-    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    (path / "config.json").write_text(json.dumps(spec.config(), indent=2))
+    specs = [TensorSpec(name, dtype, shape) for name, shape in spec.tensor_shapes().items()]
+    tensors = ((s.name, _random_tensor(s.name, s.shape, generator, dtype)) for s in specs)
+    write_sharded_checkpoint(path, specs, tensors, spec.shard_bytes)
+    write_json(path / "config.json", spec.config())
     generation = {
         "bos_token_id": 151643,
         "do_sample": True,
@@ -123,8 +107,10 @@ def make_checkpoint(path: str | Path, spec: SynthSpec | None = None, seed: int =
         "top_k": 20,
         "top_p": 0.8,
     }
-    (path / "generation_config.json").write_text(json.dumps(generation, indent=2))
-    (path / "README.md").write_text("# Synthetic Qwen3-MoE checkpoint\n\nRandom weights, built by qtools for tests.\n")
-    (path / "LICENSE").write_text("Apache-2.0 (synthetic test data)\n")
-    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 4096, "synth_spec": asdict(spec)}))
+    write_json(path / "generation_config.json", generation)
+    write_atomic(
+        path / "README.md", b"# Synthetic Qwen3-MoE checkpoint\n\nRandom weights, built by qtools for tests.\n"
+    )
+    write_atomic(path / "LICENSE", b"Apache-2.0 (synthetic test data)\n")
+    write_json(path / "tokenizer_config.json", {"model_max_length": 4096, "synth_spec": asdict(spec)})
     return path
