@@ -25,7 +25,9 @@ from qtools.toy.cli import toy_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Quantise and check Qwen3-Coder MoE checkpoints.")
 console = Console(stderr=True)
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fp8-block.yaml"
+# The default of `convert --recipe`: a recipe shipped inside the package (qtools/recipes/), so it is found
+# wherever qtools is installed. Kept here, not imported from qtools.recipe, so `--help` imports no pydantic.
+DEFAULT_RECIPE = "fp8-block"
 
 
 def _fail(error: Exception) -> None:
@@ -37,7 +39,13 @@ def _fail(error: Exception) -> None:
 def convert(
     src: Annotated[Path, typer.Argument(help="BF16 source checkpoint directory (never written to)")],
     dst: Annotated[Path, typer.Argument(help="output directory (new, empty, or an unfinished run to resume)")],
-    recipe: Annotated[Path, typer.Option(help="recipe YAML")] = DEFAULT_RECIPE,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="a shipped recipe's name (fp8-block, fp8-block-compressed-tensors) or the path of a recipe YAML; "
+            "an unknown name lists the shipped ones"
+        ),
+    ] = DEFAULT_RECIPE,
     format: Annotated[
         str | None, typer.Option("--format", help="hf-fp8 or compressed-tensors (overrides the recipe)")
     ] = None,

@@ -1,4 +1,8 @@
-"""Recipes: small YAML files, validated by pydantic, that say what to quantise and how."""
+"""Recipes: small YAML files, validated by pydantic, that say what to quantise and how.
+
+The recipes qtools ships live in `qtools/recipes/` (package data, so an installed wheel has them) and are found
+by name (`fp8-block`); any other recipe is given as the path of its YAML file.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from qtools.errors import QtoolsError
 
 FORMATS = ("hf-fp8", "compressed-tensors")
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "fp8-block"
+_RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 @lru_cache(maxsize=1024)
@@ -70,9 +77,34 @@ class Recipe(BaseModel):
         return self.model_dump_json()
 
 
-def load_recipe(path: str | Path, format_override: str | None = None) -> Recipe:
-    """Load and validate a recipe YAML; `format_override` (from the CLI) replaces its `format`."""
-    path = Path(path)
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship with qtools: name (file name without `.yaml`) -> file, sorted by name."""
+    return dict(sorted((path.stem, path) for path in RECIPES_DIR.glob("*.yaml")))
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """Where recipe `recipe` lives: a string that is a bare name (no directory, no `.yaml`/`.yml`) names a
+    shipped recipe, looked up in the package and never in the working directory; anything else (a `Path`
+    included) is the path of a YAML file.
+
+    Raises QtoolsError for an unknown name, listing the shipped ones.
+    """
+    text = str(recipe)
+    is_name = isinstance(recipe, str) and Path(text).name == text and not text.endswith(_RECIPE_SUFFIXES)
+    if not is_name:
+        return Path(recipe)
+    shipped = shipped_recipes()
+    if text not in shipped:
+        raise QtoolsError(
+            f"no recipe named {text!r}; shipped recipes: {', '.join(shipped)} (or give the path of a recipe YAML)"
+        )
+    return shipped[text]
+
+
+def load_recipe(recipe: str | Path, format_override: str | None = None) -> Recipe:
+    """Load and validate a recipe: a shipped recipe's name or a YAML file's path (see `recipe_path`);
+    `format_override` (from the CLI) replaces its `format`."""
+    path = recipe_path(recipe)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as error:

@@ -32,10 +32,8 @@ from safetensors import safe_open
 from qtools.testing.synth import SynthSpec, make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES = {
-    "hf-fp8": REPO / "recipes" / "fp8-block.yaml",
-    "compressed-tensors": REPO / "recipes" / "fp8-block-compressed-tensors.yaml",
-}
+# Shipped recipes, by name (qtools/recipes/).
+RECIPES = {"hf-fp8": "fp8-block", "compressed-tensors": "fp8-block-compressed-tensors"}
 # What our recipes keep in BF16, in llm-compressor's terms (it skips every `*norm` module by itself).
 LLMC_IGNORE = ["lm_head", "model.embed_tokens", "re:.*mlp[.]gate$"]
 LLMC_SCRIPT = """import json, sys
@@ -184,7 +182,7 @@ def startup_seconds(tool: str) -> float:
 
 
 def qtools_command(source: Path, output: Path, args: argparse.Namespace) -> list[str]:
-    recipe = str(RECIPES[args.format])
+    recipe = RECIPES[args.format]
     workers = str(args.workers)
     return [
         sys.executable,

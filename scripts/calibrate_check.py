@@ -17,7 +17,7 @@ from qtools.check.pipeline import run_check
 from qtools.check.thresholds import Thresholds
 from qtools.convert import convert_checkpoint
 from qtools.recipe import load_recipe
-from qtools.testing.files import RECIPES_DIR, TOY_MODEL_DIR
+from qtools.testing.files import TOY_MODEL_DIR
 from qtools.toy.cache import cached_toy_model
 
 
@@ -29,7 +29,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     toy = cached_toy_model(prebuilt=TOY_MODEL_DIR)
     candidates = {"FP8 (hf-fp8)": args.out / "fp8", "2-bit experts, layer 0": args.out / "2bit-layer0"}
-    convert_checkpoint(toy, candidates["FP8 (hf-fp8)"], load_recipe(RECIPES_DIR / "fp8-block.yaml"), workers=1)
+    convert_checkpoint(toy, candidates["FP8 (hf-fp8)"], load_recipe("fp8-block"), workers=1)
     damage_experts(toy, candidates["2-bit experts, layer 0"], layer=0)
     candidates["noise 0.3 on expert 3, layer 1"] = args.out / "noise-l1e3"
     damage_experts(toy, candidates["noise 0.3 on expert 3, layer 1"], layer=1, expert=3, noise=0.3)

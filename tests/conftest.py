@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qtools.recipe import Recipe, load_recipe
-from qtools.testing.files import RECIPES_DIR, TOY_MODEL_DIR
+from qtools.testing.files import TOY_MODEL_DIR
 from qtools.testing.synth import SynthSpec, make_checkpoint
 
 
@@ -19,7 +19,7 @@ def synth_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fp8_recipe() -> Recipe:
-    return load_recipe(RECIPES_DIR / "fp8-block.yaml")
+    return load_recipe("fp8-block")
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,6 @@ from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.recipe import load_recipe
 from qtools.runtime import load_model
-from qtools.testing.files import RECIPES_DIR
 from qtools.testing.synth import SynthSpec, make_checkpoint
 from qtools.toy.tokenizer import save_tokenizer, train_tokenizer
 
@@ -61,7 +60,7 @@ def synth_trio(tmp_path_factory) -> tuple[Path, Path, Path]:
     ref = make_checkpoint(root / "bf16", SynthSpec(num_layers=3, hidden_size=256, head_dim=64), seed=0)
     tokenizer = train_tokenizer([item.text for item in heldout_code()[:2]], 300)
     save_tokenizer(tokenizer, ref, load_chat_template())
-    convert_checkpoint(ref, root / "fp8", load_recipe(RECIPES_DIR / "fp8-block.yaml"), workers=1)
+    convert_checkpoint(ref, root / "fp8", load_recipe("fp8-block"), workers=1)
     damage_experts(ref, root / "damaged", DAMAGED_LAYER)
     return ref, root / "fp8", root / "damaged"
 

@@ -19,7 +19,6 @@ from qtools.check.suites import SuiteSizes
 from qtools.check.thresholds import Thresholds
 from qtools.convert import convert_checkpoint
 from qtools.recipe import load_recipe
-from qtools.testing.files import RECIPES_DIR
 
 DAMAGED_LAYER = 0
 NOISY_LAYER, NOISY_EXPERT = 1, 3
@@ -39,7 +38,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def toy_fp8(toy_model_dir: Path, tmp_path_factory) -> Path:
     destination = tmp_path_factory.mktemp("toy-check") / "fp8"
-    convert_checkpoint(toy_model_dir, destination, load_recipe(RECIPES_DIR / "fp8-block.yaml"), workers=1)
+    convert_checkpoint(toy_model_dir, destination, load_recipe("fp8-block"), workers=1)
     return destination
 
 

@@ -15,7 +15,6 @@ from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.numerics.fp8 import quantize_fp8_block
 from qtools.recipe import load_recipe
-from qtools.testing.files import RECIPES_DIR as RECIPES
 from qtools.testing.files import tree_digest
 from qtools.verify import verify_checkpoint
 
@@ -33,7 +32,7 @@ def load_all(root: Path) -> dict[str, torch.Tensor]:
 def converted(synth_checkpoint, tmp_path_factory):
     before = tree_digest(synth_checkpoint)
     out = tmp_path_factory.mktemp("hf") / "fp8"
-    summary = convert_checkpoint(synth_checkpoint, out, load_recipe(RECIPES / "fp8-block.yaml"))
+    summary = convert_checkpoint(synth_checkpoint, out, load_recipe("fp8-block"))
     assert tree_digest(synth_checkpoint) == before, "the source must never be written to"
     return out, summary
 
@@ -70,7 +69,7 @@ def test_hf_fp8_layout_and_config(converted, synth_checkpoint):
 
 def test_compressed_tensors_layout(synth_checkpoint, tmp_path):
     out = tmp_path / "ct"
-    convert_checkpoint(synth_checkpoint, out, load_recipe(RECIPES / "fp8-block-compressed-tensors.yaml"))
+    convert_checkpoint(synth_checkpoint, out, load_recipe("fp8-block-compressed-tensors"))
     result = load_all(out)
     quant = json.loads((out / "config.json").read_text())["quantization_config"]
     assert quant["quant_method"] == "compressed-tensors" and quant["format"] == "float-quantized"

@@ -24,7 +24,6 @@ from safetensors.torch import load_file
 from qtools.convert import convert_checkpoint
 from qtools.numerics.fp8 import FP8_DTYPE, FP8_MAX, dequantize_fp8_block
 from qtools.recipe import Recipe, load_recipe
-from qtools.testing.files import RECIPES_DIR as RECIPES
 from qtools.testing.synth import SynthSpec, make_checkpoint
 
 BLOCK = 128
@@ -68,8 +67,8 @@ def convert(source: Path, destination: Path, recipe: Recipe) -> Path:
     return destination
 
 
-def with_scale_dtype(recipe_file: str, scale_dtype: str) -> Recipe:
-    return load_recipe(RECIPES / recipe_file).model_copy(update={"scale_dtype": scale_dtype})
+def with_scale_dtype(recipe: str, scale_dtype: str) -> Recipe:
+    return load_recipe(recipe).model_copy(update={"scale_dtype": scale_dtype})
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +76,9 @@ def outputs(synth_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """The odd-sized synthetic checkpoint converted three ways."""
     root = tmp_path_factory.mktemp("oracles")
     recipes = {
-        "hf-fp8": with_scale_dtype("fp8-block.yaml", "float32"),
-        "compressed-tensors": with_scale_dtype("fp8-block-compressed-tensors.yaml", "float32"),
-        "compressed-tensors bf16 scales": with_scale_dtype("fp8-block-compressed-tensors.yaml", "bfloat16"),
+        "hf-fp8": with_scale_dtype("fp8-block", "float32"),
+        "compressed-tensors": with_scale_dtype("fp8-block-compressed-tensors", "float32"),
+        "compressed-tensors bf16 scales": with_scale_dtype("fp8-block-compressed-tensors", "bfloat16"),
     }
     return {name: convert(synth_checkpoint, root / name.replace(" ", "-"), r) for name, r in recipes.items()}
 
@@ -91,12 +90,10 @@ def aligned(tmp_path_factory) -> dict[str, Path]:
     source = make_checkpoint(root / "bf16", ALIGNED_SPEC, seed=1)
     return {
         "source": source,
-        "hf-fp8": convert(source, root / "hf-fp8", with_scale_dtype("fp8-block.yaml", "float32")),
-        "compressed-tensors": convert(
-            source, root / "ct", with_scale_dtype("fp8-block-compressed-tensors.yaml", "float32")
-        ),
+        "hf-fp8": convert(source, root / "hf-fp8", with_scale_dtype("fp8-block", "float32")),
+        "compressed-tensors": convert(source, root / "ct", with_scale_dtype("fp8-block-compressed-tensors", "float32")),
         "compressed-tensors bf16 scales": convert(
-            source, root / "ct-bf16", with_scale_dtype("fp8-block-compressed-tensors.yaml", "bfloat16")
+            source, root / "ct-bf16", with_scale_dtype("fp8-block-compressed-tensors", "bfloat16")
         ),
     }
 

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+import qtools
 from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
-from qtools.recipe import Recipe, load_recipe, matches
-from qtools.testing.files import RECIPES_DIR as RECIPES
+from qtools.recipe import RECIPES_DIR, Recipe, load_recipe, matches, shipped_recipes
+
+REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_recipe_loads_and_targets_expert_and_attention_projections(path):
-    recipe = load_recipe(path)
+def test_recipes_ship_inside_the_package():
+    assert RECIPES_DIR.parent == Path(qtools.__file__).parent
+    assert {"fp8-block", "fp8-block-compressed-tensors"} <= shipped_recipes().keys()
+    assert not (REPO / "recipes").exists(), "one place for recipes: qtools/recipes/"
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_every_recipe_loads_and_targets_expert_and_attention_projections(name):
+    recipe = load_recipe(name)
+    assert recipe == load_recipe(shipped_recipes()[name])
     assert recipe.quantizes("model.layers.3.mlp.experts.159.down_proj")
     assert recipe.quantizes("model.layers.61.self_attn.q_proj")
     for kept in (
@@ -50,8 +62,49 @@ def test_bad_recipe_is_a_clear_error(tmp_path, text, message):
         load_recipe(path)
 
 
+def test_recipe_by_name_or_by_path(tmp_path, monkeypatch):
+    assert load_recipe("fp8-block-compressed-tensors").format == "compressed-tensors"
+    assert load_recipe("fp8-block", format_override="compressed-tensors").format == "compressed-tensors"
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("targets: [x]\n")
+    assert load_recipe(custom).targets == ["x"] and load_recipe(str(custom)).targets == ["x"]
+    # A name never reads the working directory: a file called like a shipped recipe there changes nothing.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fp8-block").write_text("targets: [y]\n")
+    assert load_recipe("fp8-block") == load_recipe(RECIPES_DIR / "fp8-block.yaml")
+    assert load_recipe("mine.yaml").targets == ["x"]
+
+
+@pytest.mark.parametrize("name", ["fp8-blok", "int4"])
+def test_unknown_recipe_name_lists_the_shipped_ones(name):
+    with pytest.raises(QtoolsError, match=rf"no recipe named {name!r}.*fp8-block, fp8-block-compressed-tensors"):
+        load_recipe(name)
+
+
+def test_missing_recipe_file_is_a_clear_error(tmp_path):
+    with pytest.raises(QtoolsError, match="cannot read recipe"):
+        load_recipe(tmp_path / "absent.yaml")
+
+
 def test_recipe_matching_no_tensor_is_an_error(synth_checkpoint, tmp_path):
     recipe = Recipe(targets=["re:.*nothing_here"])
     with pytest.raises(QtoolsError, match="matches no tensor"):
         convert_checkpoint(synth_checkpoint, tmp_path / "out", recipe)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_takes_a_recipe_name_and_refuses_an_unknown_one(synth_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from qtools.cli import app
+
+    result = CliRunner().invoke(app, ["convert", str(synth_checkpoint), str(tmp_path / "out"), "--recipe", "fp8"])
+    assert result.exit_code == 2 and "fp8-block-compressed-tensors" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(
+        app, ["convert", str(synth_checkpoint), str(tmp_path / "ct"), "--recipe", "fp8-block-compressed-tensors"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["format"] == "float-quantized"
+    )

@@ -40,7 +40,6 @@ from qtools.testing.synth import SynthSpec, make_checkpoint
 RTOL = 1e-4
 MIN_WEIGHT_SQNR_DB = 28.0
 MIN_LOGIT_SQNR_DB = 10.0
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 # Odd everything: hidden and widths not multiples of 128 or of each other, 3 of 5 experts, 3 query heads per KV head.
 ODD_SPEC = SynthSpec(
     hidden_size=200,
@@ -92,9 +91,9 @@ def yarn_checkpoint(tmp_path_factory, synth_checkpoint) -> Path:
 @pytest.fixture(scope="module")
 def fp8_checkpoints(tmp_path_factory, synth_checkpoint) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runtime")
-    recipes = {"hf-fp8": "fp8-block.yaml", "compressed-tensors": "fp8-block-compressed-tensors.yaml"}
+    recipes = {"hf-fp8": "fp8-block", "compressed-tensors": "fp8-block-compressed-tensors"}
     for name, recipe in recipes.items():
-        convert_checkpoint(synth_checkpoint, root / name, load_recipe(RECIPES / recipe))
+        convert_checkpoint(synth_checkpoint, root / name, load_recipe(recipe))
     return {name: root / name for name in recipes}
 
 

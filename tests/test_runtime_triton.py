@@ -20,7 +20,6 @@ import torch
 from qtools.convert import convert_checkpoint
 from qtools.recipe import load_recipe
 from qtools.runtime import load_model
-from qtools.testing.files import RECIPES_DIR
 from qtools.testing.synth import SynthSpec, make_checkpoint
 
 pytestmark = pytest.mark.skipif(
@@ -40,7 +39,7 @@ SPECS = {
 def fp8_checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     root = tmp_path_factory.mktemp("triton")
     source = make_checkpoint(root / "bf16", SPECS[request.param], seed=0)
-    convert_checkpoint(source, root / "fp8", load_recipe(RECIPES_DIR / "fp8-block.yaml"), workers=1)
+    convert_checkpoint(source, root / "fp8", load_recipe("fp8-block"), workers=1)
     return request.param, root / "fp8"
 
 

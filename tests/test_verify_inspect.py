@@ -19,10 +19,9 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def fp8_output(synth_checkpoint, tmp_path_factory):
     from qtools.recipe import load_recipe
-    from qtools.testing.files import RECIPES_DIR as RECIPES
 
     out = tmp_path_factory.mktemp("verify") / "fp8"
-    convert_checkpoint(synth_checkpoint, out, load_recipe(RECIPES / "fp8-block.yaml"))
+    convert_checkpoint(synth_checkpoint, out, load_recipe("fp8-block"))
     return out
 
 

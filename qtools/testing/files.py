@@ -13,7 +13,6 @@ from qtools.checkpoint.safetensors_io import save_tensors
 from qtools.checkpoint.writer import PT_METADATA
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RECIPES_DIR = REPO_ROOT / "recipes"
 # The toy model build committed to the repository (see docs/toy.md).
 TOY_MODEL_DIR = REPO_ROOT / "models" / "toy-qwen3-coder"
 
