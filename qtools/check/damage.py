@@ -85,7 +85,7 @@ def _write_damaged_shard(source: Path, destination: Path, names: list[str], nois
                 writer.copy_part(info.name, source, info.start, info.nbytes)
                 continue
             weight = reader.read(info.name)
-            seed = names.index(info.name)
+            seed = names.index(info.name)  # its place among the shard's damaged names: noise fixed per tensor
             writer.write(info.name, rtn_quantize(weight) if noise is None else add_noise(weight, noise, seed=seed))
         writer.close()
     except BaseException:
