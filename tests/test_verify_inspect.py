@@ -323,3 +323,11 @@ def test_non_finite_embedding_in_a_source_fails_deep_verify(synth_checkpoint, tm
     assert verify_checkpoint(source).ok
     report = verify_checkpoint(source, deep=True)
     assert report.problems == ["model.embed_tokens.weight: holds NaN or Inf values"]
+
+
+def test_unfinished_write_in_a_subfolder_fails(fp8_output, tmp_path):
+    copy = shutil.copytree(fp8_output, tmp_path / "copy")
+    (copy / "original").mkdir()
+    (copy / "original" / "params.json.partial").write_text("{")
+    report = verify_checkpoint(copy)
+    assert not report.ok and "original/params.json.partial" in " ".join(report.problems)
