@@ -102,7 +102,9 @@ def _validate(model: type[BaseModel], fields: dict, source: str, prefix: str = "
         if first["type"] == "missing":
             raise QtoolsError(f"{source}: {key}: missing; a Qwen3-MoE config.json needs it") from error
         message = first["msg"][0].lower() + first["msg"][1:]
-        raise QtoolsError(f"{source}: {key}: {message} (got {first['input']!r})") from error
+        got = repr(first["input"])
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise QtoolsError(f"{source}: {key}: {message} (got {got})") from error
 
 
 def _check_identity(config: dict, source: str) -> None:
