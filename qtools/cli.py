@@ -104,12 +104,19 @@ def convert(
 @app.command()
 def verify(
     ckpt: Annotated[Path, typer.Argument(help="checkpoint directory to check")],
-    deep: Annotated[bool, typer.Option(help="also read every FP8 weight and reject NaN codes")] = False,
+    deep: Annotated[
+        bool, typer.Option(help="also read every tensor (NaN codes, non-finite values) and check shard digests")
+    ] = False,
 ) -> None:
-    """Check a converted checkpoint; exits non-zero, naming each problem, when it fails."""
+    """Check a checkpoint: exit 0 when it passes, 1 naming each problem when it fails, 2 when it cannot be checked
+    (no checkpoint there, or no usable config.json)."""
     from qtools.verify import verify_checkpoint
 
     report = verify_checkpoint(ckpt, deep=deep)
+    if report.error is not None:
+        _fail(report.error)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
     if report.ok:
         Console().print(
             f"[green]OK[/] {ckpt}: {report.tensors} tensors, {report.quantized_modules} quantised modules "
@@ -140,6 +147,15 @@ def inspect(ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")]) 
     for name, fam in summary.families.items():
         table.add_row(name, ", ".join(sorted(fam.dtypes)), str(fam.tensors), str(fam.scales), f"{fam.bytes / 1e9:.4f}")
     Console().print(table)
+    if summary.config_problem:
+        console.print(f"[yellow]config:[/] {summary.config_problem}")
+    else:
+        c = summary.config
+        Console().print(
+            f"config: {c.num_layers} layers of {c.num_experts} experts (top-{c.top_k}), hidden {c.hidden_size}, "
+            f"{c.num_heads}/{c.num_kv_heads} heads of {c.head_dim}, expert width {c.moe_intermediate_size}, "
+            f"vocab {c.vocab_size}, dtype {c.dtype or 'not declared'}"
+        )
 
 
 app.command()(check)

@@ -6,8 +6,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qtools.checkpoint.config import ModelConfig
 from qtools.checkpoint.hf import Checkpoint
 from qtools.checkpoint.qwen3_moe import family, layer_and_expert
+from qtools.errors import QtoolsError
 
 
 @dataclass
@@ -22,6 +24,9 @@ class FamilySummary:
 
 @dataclass
 class CheckpointSummary:
+    """What `inspect_checkpoint` found: layer and expert counts are those the tensor names show; `config` is
+    config.json parsed (None, with `config_problem` saying why, when it is missing or unusable)."""
+
     path: Path
     quant_method: str
     layers: int
@@ -29,11 +34,18 @@ class CheckpointSummary:
     total_bytes: int
     shards: int
     families: dict[str, FamilySummary]
+    config: ModelConfig | None = None
+    config_problem: str | None = None
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
-    """Summarise a checkpoint: format per module family, bytes, layer and expert counts. Reads headers only."""
+    """Summarise a checkpoint: format per module family, bytes, layer and expert counts, and its config. Reads
+    headers only; a missing or unusable config.json is reported in the summary, not raised."""
     checkpoint = Checkpoint.open(path)
+    try:
+        config, config_problem = checkpoint.model_config, None
+    except QtoolsError as error:
+        config, config_problem = None, str(error)
     families: dict[str, FamilySummary] = defaultdict(FamilySummary)
     layers, experts = set(), set()
     total = 0
@@ -60,4 +72,6 @@ def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
         total_bytes=total,
         shards=len(checkpoint.shard_names),
         families=dict(sorted(families.items())),
+        config=config,
+        config_problem=config_problem,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from qtools.checkpoint.config import ModelConfig
 from qtools.checkpoint.safetensors_io import SafetensorsReader, TensorInfo, read_header
 from qtools.errors import QtoolsError
 
@@ -73,6 +74,16 @@ class Checkpoint:
         """config.json as a dict ({} when absent)."""
         path = self.root / "config.json"
         return _load_json(path) if path.exists() else {}
+
+    @cached_property
+    def model_config(self) -> ModelConfig:
+        """config.json parsed as a Qwen3-MoE model; QtoolsError naming the file and key when absent or unusable."""
+        path = self.root / "config.json"
+        if not path.exists():
+            raise QtoolsError(
+                f"{path}: missing; qtools needs the model's config.json (from its release) beside the weights"
+            )
+        return ModelConfig.from_dict(self.config, source=str(path))
 
     def reader(self, shard: str) -> SafetensorsReader:
         """A reader for one shard; validates its header and that it holds every tensor the index gives it."""

@@ -1,8 +1,13 @@
-"""What a Qwen3-MoE checkpoint holds on disk: tensor names, their families and the shapes config.json implies."""
+"""What a Qwen3-MoE checkpoint holds on disk: tensor names, their families and the shapes config.json implies.
+
+The config is read by `qtools.checkpoint.config` (every function here also takes the raw config.json dict).
+"""
 
 from __future__ import annotations
 
 import re
+
+from qtools.checkpoint.config import ModelConfig
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _EXPERT = re.compile(r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight")
@@ -36,72 +41,63 @@ def family(name: str) -> str:
     return rest
 
 
-def _dims(config: dict) -> dict[str, int] | None:
-    try:
-        heads = config["num_attention_heads"]
-        return {
-            "hidden": config["hidden_size"],
-            "vocab": config["vocab_size"],
-            "heads": heads,
-            "kv_heads": config.get("num_key_value_heads", heads),
-            "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
-            "moe_width": config["moe_intermediate_size"],
-            "experts": config["num_experts"],
-            "layers": config["num_hidden_layers"],
-        }
-    except KeyError:
-        return None
+def model_config(config: dict | ModelConfig) -> ModelConfig:
+    """`config` parsed (a config.json dict) or as given (already a `ModelConfig`); raises QtoolsError."""
+    return config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
 
 
-def _layer_shapes(d: dict[str, int]) -> dict[str, tuple[int, ...]]:
+def _layer_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of one decoder layer's non-expert tensors, by name suffix."""
+    q_width, kv_width = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     return {
-        "input_layernorm.weight": (d["hidden"],),
-        "post_attention_layernorm.weight": (d["hidden"],),
-        "self_attn.q_proj.weight": (d["heads"] * d["head_dim"], d["hidden"]),
-        "self_attn.k_proj.weight": (d["kv_heads"] * d["head_dim"], d["hidden"]),
-        "self_attn.v_proj.weight": (d["kv_heads"] * d["head_dim"], d["hidden"]),
-        "self_attn.o_proj.weight": (d["hidden"], d["heads"] * d["head_dim"]),
-        "self_attn.q_norm.weight": (d["head_dim"],),
-        "self_attn.k_norm.weight": (d["head_dim"],),
-        "mlp.gate.weight": (d["experts"], d["hidden"]),
+        "input_layernorm.weight": (c.hidden_size,),
+        "post_attention_layernorm.weight": (c.hidden_size,),
+        "self_attn.q_proj.weight": (q_width, c.hidden_size),
+        "self_attn.k_proj.weight": (kv_width, c.hidden_size),
+        "self_attn.v_proj.weight": (kv_width, c.hidden_size),
+        "self_attn.o_proj.weight": (c.hidden_size, q_width),
+        "self_attn.q_norm.weight": (c.head_dim,),
+        "self_attn.k_norm.weight": (c.head_dim,),
+        "mlp.gate.weight": (c.num_experts, c.hidden_size),
     }
 
 
-def _expert_shapes(d: dict[str, int]) -> dict[str, tuple[int, int]]:
+def _expert_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
     return {
-        "gate_proj": (d["moe_width"], d["hidden"]),
-        "up_proj": (d["moe_width"], d["hidden"]),
-        "down_proj": (d["hidden"], d["moe_width"]),
+        "gate_proj": (c.moe_intermediate_size, c.hidden_size),
+        "up_proj": (c.moe_intermediate_size, c.hidden_size),
+        "down_proj": (c.hidden_size, c.moe_intermediate_size),
     }
 
 
-def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor a BF16 Qwen3-MoE checkpoint with this config holds, name -> shape, in on-disk order."""
-    d = _dims(config)
-    if d is None:
-        return {}
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (d["vocab"], d["hidden"])}
-    for layer in range(d["layers"]):
+def expected_shapes(config: dict | ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a BF16 Qwen3-MoE checkpoint with this config must hold, name -> shape, in on-disk order.
+
+    With tied embeddings (`tie_word_embeddings`) `lm_head.weight` is optional and left out (transformers does
+    not save it). Raises QtoolsError when `config` is not a usable Qwen3-MoE config.
+    """
+    c = model_config(config)
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size)}
+    layer_shapes, expert_shapes = _layer_shapes(c), _expert_shapes(c)
+    for layer in range(c.num_layers):
         prefix = f"model.layers.{layer}."
-        shapes.update({prefix + suffix: shape for suffix, shape in _layer_shapes(d).items()})
-        for expert in range(d["experts"]):
-            for proj, shape in _expert_shapes(d).items():
+        shapes.update({prefix + suffix: shape for suffix, shape in layer_shapes.items()})
+        for expert in range(c.num_experts):
+            for proj, shape in expert_shapes.items():
                 shapes[f"{prefix}mlp.experts.{expert}.{proj}.weight"] = shape
-    shapes["model.norm.weight"] = (d["hidden"],)
-    shapes["lm_head.weight"] = (d["vocab"], d["hidden"])
+    shapes["model.norm.weight"] = (c.hidden_size,)
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
     return shapes
 
 
-def expected_shape(name: str, config: dict) -> tuple[int, ...] | None:
+def expected_shape(name: str, config: dict | ModelConfig) -> tuple[int, ...] | None:
     """The BF16 shape config.json implies for a weight tensor name, or None for names it says nothing about."""
-    d = _dims(config)
-    if d is None:
-        return None
+    c = model_config(config)
     fixed = {
-        "model.embed_tokens.weight": (d["vocab"], d["hidden"]),
-        "lm_head.weight": (d["vocab"], d["hidden"]),
-        "model.norm.weight": (d["hidden"],),
+        "model.embed_tokens.weight": (c.vocab_size, c.hidden_size),
+        "lm_head.weight": (c.vocab_size, c.hidden_size),
+        "model.norm.weight": (c.hidden_size,),
     }
     if name in fixed:
         return fixed[name]
@@ -111,20 +107,19 @@ def expected_shape(name: str, config: dict) -> tuple[int, ...] | None:
     rest = layer_match.group(2)
     expert_match = _EXPERT.fullmatch(rest)
     if expert_match:
-        return _expert_shapes(d)[f"{expert_match.group(2)}_proj"]
-    return _layer_shapes(d).get(rest)
+        return _expert_shapes(c)[f"{expert_match.group(2)}_proj"]
+    return _layer_shapes(c).get(rest)
 
 
-def check_against_config(name: str, shape: tuple[int, ...], config: dict) -> str | None:
+def check_against_config(name: str, shape: tuple[int, ...], config: dict | ModelConfig) -> str | None:
     """A message when a tensor's name or shape disagrees with config.json, else None."""
+    c = model_config(config)
     layer, expert = layer_and_expert(name)
-    layers = config.get("num_hidden_layers")
-    if layer is not None and layers is not None and layer >= layers:
-        return f"{name}: layer {layer} but config.json has num_hidden_layers={layers}"
-    experts = config.get("num_experts")
-    if expert is not None and experts is not None and expert >= experts:
-        return f"{name}: expert {expert} but config.json has num_experts={experts}"
-    expected = expected_shape(name, config)
+    if layer is not None and layer >= c.num_layers:
+        return f"{name}: layer {layer} but config.json has num_hidden_layers={c.num_layers}"
+    if expert is not None and expert >= c.num_experts:
+        return f"{name}: expert {expert} but config.json has num_experts={c.num_experts}"
+    expected = expected_shape(name, c)
     if expected is not None and tuple(shape) != expected:
         return f"{name}: shape {tuple(shape)} but config.json implies {expected}"
     return None

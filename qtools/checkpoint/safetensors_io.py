@@ -14,6 +14,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,8 +245,20 @@ class StreamingWriter:
         self._pwrite(data, self._advance(spec, data.nbytes))
         self._hashers[name].update(data)
 
-    def copy_part(self, name: str, source: Path, start: int, nbytes: int, chunk_bytes: int = 64 << 20) -> None:
-        """Copy tensor `name`'s bytes verbatim from `source` (a passthrough tensor), in bounded chunks."""
+    def copy_part(
+        self,
+        name: str,
+        source: Path,
+        start: int,
+        nbytes: int,
+        chunk_bytes: int = 64 << 20,
+        check_chunk: Callable[[memoryview], None] | None = None,
+    ) -> None:
+        """Copy tensor `name`'s bytes verbatim from `source` (a passthrough tensor), in bounded chunks.
+
+        `check_chunk` sees each chunk (whole elements: chunks start at the tensor's start and `chunk_bytes` is a
+        multiple of every element size) before it is written, and may raise to stop the copy.
+        """
         spec = self.specs[name]
         position = self._advance(spec, nbytes)
         buffer = bytearray(min(chunk_bytes, nbytes))
@@ -257,6 +270,8 @@ class StreamingWriter:
                 if not got:
                     self.abort()
                     raise QtoolsError(f"{source}: truncated while copying tensor {name!r}")
+                if check_chunk is not None:
+                    check_chunk(memoryview(buffer)[:got])
                 self._pwrite(memoryview(buffer)[:got], position)
                 self._hashers[name].update(memoryview(buffer)[:got])
                 position, left = position + got, left - got

@@ -38,11 +38,12 @@ class ConversionPlan:
 def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
     """Decide every tensor's fate from headers and config.json; raise QtoolsError on any inconsistency.
 
-    Checks: shard headers are valid and hold what the index says, tensor shapes agree with config.json, every
-    quantised tensor is a 2-D floating-point `.weight`, and the recipe matches at least one tensor.
+    Checks: config.json is a usable Qwen3-MoE config (`Checkpoint.model_config`), shard headers are valid and hold
+    what the index says, tensor shapes agree with config.json, every quantised tensor is a 2-D floating-point
+    `.weight`, and the recipe matches at least one tensor.
     """
     fmt = FORMATS[recipe.format]
-    config = checkpoint.config
+    config = checkpoint.model_config
     plan = ConversionPlan()
     for shard in checkpoint.shard_names:
         reader = checkpoint.reader(shard)

@@ -3,8 +3,9 @@
 Tensors are visited in the order they lie in the source file, so the source is read once, front to back.
 Quantised weights are read 128 rows at a time: each row of blocks gives its scales and codes at once, and the
 codes go straight to their planned place in the output (the layout is fixed before any data is written).
-Passthrough tensors are copied byte for byte. Memory stays at one row of blocks plus one copy chunk, whatever the
-tensor or shard size.
+Passthrough tensors are copied byte for byte, each chunk checked for NaN/Inf on its way through (a source that
+holds any is refused before its output shard is finished). Memory stays at one row of blocks plus one copy chunk,
+whatever the tensor or shard size.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from qtools.checkpoint.safetensors_io import SafetensorsReader, StreamingWriter
+from qtools.checkpoint.safetensors_io import SafetensorsReader, StreamingWriter, TensorInfo
 from qtools.convert.plan import TensorAction
 from qtools.errors import QtoolsError
 from qtools.formats.fp8_block import SCALE_DTYPES
+from qtools.numerics.finite import all_finite
 from qtools.numerics.fp8 import NonFiniteWeightError, block_row_scales, quantize_block_row
 
 
@@ -75,7 +77,7 @@ def convert_shard(
         for action in sorted(actions, key=lambda a: a.source.start):
             info = action.source
             if not action.quantize:
-                writer.copy_part(info.name, source, info.start, info.nbytes)
+                writer.copy_part(info.name, source, info.start, info.nbytes, check_chunk=_finite_check(source, info))
                 _report(on_bytes, info.nbytes)
                 continue
             try:
@@ -95,6 +97,21 @@ def convert_shard(
         converted=sum(a.quantize for a in actions),
         kept=sum(not a.quantize for a in actions),
     )
+
+
+def _finite_check(source: Path, info: TensorInfo) -> Callable[[memoryview], None] | None:
+    """A `copy_part` inspector refusing NaN/Inf in a floating-point tensor kept as it is, None for other dtypes."""
+    if not info.dtype.is_floating_point:
+        return None
+
+    def check(chunk: memoryview) -> None:
+        if not all_finite(torch.frombuffer(chunk, dtype=info.dtype)):
+            raise QtoolsError(
+                f"{source}: tensor {info.name!r} holds NaN or Inf values; a kept tensor is copied as it is, "
+                "so the source is likely corrupt"
+            )
+
+    return check
 
 
 def _report(on_bytes: Callable[[int], None] | None, nbytes: int) -> None:

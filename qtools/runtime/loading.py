@@ -12,7 +12,6 @@ import torch
 
 from qtools.checkpoint.hf import Checkpoint
 from qtools.runtime.backend import resolve_backend
-from qtools.runtime.config import ModelConfig
 from qtools.runtime.layers import Attention, DecoderLayer, Expert, MoeBlock, RMSNorm
 from qtools.runtime.model import Qwen3MoeModel, RuntimeInfo
 from qtools.runtime.rope import RotaryEmbedding
@@ -38,7 +37,7 @@ class CheckpointLoader:
         checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint)
         device = torch.device(device)
         self.source = WeightSource(checkpoint)
-        self.config = ModelConfig.from_dict(checkpoint.config)
+        self.config = checkpoint.model_config
         self.format = detect_format(checkpoint.config)
         act_quant = self.format.dynamic_activations if act_quant is None else act_quant
         self.options = LoadOptions(device, dtype, resolve_backend(backend, device), act_quant, cache_dequantized)
