@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -31,7 +32,8 @@ DEFAULT_RECIPE = "fp8-block"
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}")
+    # Unwrapped: rich would otherwise fold or cut the long paths errors name, which users copy from the message.
+    console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -50,13 +52,14 @@ def convert(
         str | None, typer.Option("--format", help="hf-fp8 or compressed-tensors (overrides the recipe)")
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=0, help="worker processes on this machine; 0 = one per core, up to the shard count")
+        int,
+        typer.Option(min=0, help="worker processes on this machine (at most one per shard); 0 = one per core"),
     ] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda: where the quantisation arithmetic runs")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where the quantisation arithmetic runs")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="discard an earlier run with another recipe or source")] = False,
 ) -> None:
     """Convert a checkpoint shard by shard (resumable; under torchrun each rank takes a share of the shards)."""
-    from qtools.convert import ProgressHooks, convert_checkpoint
+    from qtools.convert import ConversionInterrupted, ProgressHooks, convert_checkpoint
     from qtools.recipe import load_recipe
 
     rank = int(os.environ.get("RANK", "0"))
@@ -74,7 +77,7 @@ def convert(
     task = progress.add_task("convert", total=None, shards="")
     counts = {"done": 0, "total": 0}
 
-    def on_start(total_bytes: int, shards: int) -> None:
+    def on_start(total_bytes: int, shards: int, _reused: int) -> None:
         counts["total"] = shards
         progress.update(task, total=total_bytes, shards=f"shards 0/{shards}")
 
@@ -82,13 +85,21 @@ def convert(
         counts["done"] += 1
         progress.update(task, shards=f"shards {counts['done']}/{counts['total']}")
 
-    hooks = ProgressHooks(on_start, lambda n: progress.advance(task, n), on_shard_done)
+    def on_warning(message: str) -> None:
+        if rank == 0:
+            console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+    hooks = ProgressHooks(on_start, lambda n: progress.advance(task, n), on_shard_done, on_warning)
     try:
         parsed = load_recipe(recipe, format)
         with progress:
             summary = convert_checkpoint(src, dst, parsed, workers, device, overwrite, hooks)
     except QtoolsError as error:
         _fail(error)
+    except KeyboardInterrupt as interrupt:
+        where = str(interrupt) if isinstance(interrupt, ConversionInterrupted) else "before converting began"
+        console.print(f"[bold red]interrupted:[/] {where}; rerun the same command to resume", soft_wrap=True)
+        raise typer.Exit(code=130) from None
     if rank != 0:
         return
     table = Table(title=f"converted {src} -> {dst} ({parsed.format})", show_header=False)

@@ -60,10 +60,10 @@ def dtype_itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and validate a safetensors header: returns (tensors by name, metadata).
+def read_raw_header(path: Path) -> bytes:
+    """The 8-byte length prefix and the header JSON bytes of a safetensors file, length-checked.
 
-    Raises QtoolsError naming the file when it is truncated or corrupt.
+    Raises QtoolsError naming the file when it cannot be read or the length is impossible.
     """
     path = Path(path)
     try:
@@ -75,34 +75,90 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > _MAX_HEADER_BYTES or 8 + header_len > file_size:
                 raise QtoolsError(f"{path}: corrupt or truncated safetensors header (length {header_len})")
-            raw = handle.read(header_len)
+            return prefix + handle.read(header_len)
     except OSError as error:
         raise QtoolsError(f"{path}: cannot read ({error.strerror})") from error
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"key {duplicate!r} appears twice")
+    return dict(pairs)
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_header_json(path: Path, raw: bytes) -> dict:
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constants)
+    except RecursionError as error:
+        raise QtoolsError(f"{path}: corrupt safetensors header (JSON nested too deeply)") from error
+    except (UnicodeDecodeError, ValueError) as error:
         raise QtoolsError(f"{path}: corrupt safetensors header ({error})") from error
     if not isinstance(header, dict):
         raise QtoolsError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + header_len
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            dtype = DTYPE_BY_NAME[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise QtoolsError(f"{path}: tensor {name!r} has a malformed or unsupported header entry") from error
-        expected = math.prod(shape) * dtype_itemsize(dtype)
-        if end - begin != expected or begin < 0:
-            raise QtoolsError(f"{path}: tensor {name!r} byte range does not match its shape and dtype")
-        if data_start + end > file_size:
+    return header
+
+
+def _is_sizes(value: object) -> bool:
+    """A JSON list of non-negative integers (not booleans, not floats such as 8.0): what safetensors' usize wants."""
+    return isinstance(value, list) and all(type(item) is int and item >= 0 for item in value)
+
+
+def _entry_info(path: Path, name: str, entry: object, data_start: int) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise QtoolsError(f"{path}: tensor {name!r}: header entry is not an object")
+    dtype = DTYPE_BY_NAME.get(entry.get("dtype")) if isinstance(entry.get("dtype"), str) else None
+    if dtype is None:
+        raise QtoolsError(f"{path}: tensor {name!r}: unsupported or missing dtype {entry.get('dtype')!r}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not _is_sizes(shape):
+        raise QtoolsError(f"{path}: tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    if not (_is_sizes(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]):
+        raise QtoolsError(f"{path}: tensor {name!r}: data_offsets {offsets!r} are not [begin, end] byte offsets")
+    begin, end = offsets
+    if end - begin != math.prod(shape) * dtype_itemsize(dtype):
+        raise QtoolsError(f"{path}: tensor {name!r} byte range does not match its shape and dtype")
+    return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header: returns (tensors by name, metadata).
+
+    Applies the rules of the safetensors library: offsets and dims are non-negative JSON integers, each tensor's
+    byte range matches its shape and dtype, the tensors tile the data section exactly (no gap, overlap or alias,
+    nothing past the end and no byte after the last tensor), `__metadata__` maps strings to strings. One rule is
+    stricter: a name given twice is refused instead of resolved silently. Raises QtoolsError naming the file (and
+    the tensor) when the file breaks any of them.
+    """
+    path = Path(path)
+    raw = read_raw_header(path)
+    file_size = path.stat().st_size
+    header = _parse_header_json(path, raw[8:])
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise QtoolsError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
+    data_start = len(raw)
+    tensors = {name: _entry_info(path, name, entry, data_start) for name, entry in header.items()}
+    covered = data_start
+    for info in sorted(tensors.values(), key=lambda info: (info.start, info.end)):
+        if info.start != covered:
             raise QtoolsError(
-                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {file_size}"
+                f"{path}: tensor {info.name!r} starts at data byte {info.start - data_start}, expected "
+                f"{covered - data_start}: tensors must follow each other without gaps, overlaps or aliases"
             )
-        tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+        if info.end > file_size:
+            raise QtoolsError(f"{path}: truncated: tensor {info.name!r} ends at byte {info.end}, file has {file_size}")
+        covered = info.end
+    if covered != file_size:
+        raise QtoolsError(f"{path}: holds {file_size - covered} bytes past its last tensor")
+    return tensors, dict(metadata)
 
 
 class SafetensorsReader:
@@ -201,8 +257,12 @@ class StreamingWriter:
         self._header = struct.pack("<Q", len(encoded)) + encoded
         self._hashers = {name: xxhash.xxh3_64() for name in self.specs}
         self._handle = open(self.partial, "wb")
-        self._reserve()
-        self._pwrite(self._header, 0)
+        try:
+            self._reserve()
+            self._pwrite(self._header, 0)
+        except BaseException:
+            self.abort()
+            raise
 
     def _reserve(self) -> None:
         # Claiming the whole file up front makes a full disk fail now, before any work, where the filesystem can.
@@ -276,6 +336,10 @@ class StreamingWriter:
                 self._hashers[name].update(memoryview(buffer)[:got])
                 position, left = position + got, left - got
 
+    def tensor_digest(self, name: str) -> bytes:
+        """XXH3-64 of the bytes of tensor `name` written so far."""
+        return self._hashers[name].digest()
+
     def _advance(self, spec: TensorSpec, nbytes: int) -> int:
         """Reserve the next `nbytes` of tensor `spec`; returns their absolute file position."""
         position = self._start[spec.name] + self._written[spec.name]
@@ -335,10 +399,8 @@ def shard_digest(path: Path, chunk_bytes: int = 16 * 1024 * 1024) -> str:
     """
     infos, _ = read_header(path)
     order = sorted(infos.values(), key=lambda info: info.start)
+    header = read_raw_header(path)
     with open(path, "rb") as handle:
-        header_len = struct.unpack("<Q", handle.read(8))[0]
-        handle.seek(0)
-        header = handle.read(8 + header_len)
         digests = []
         for info in order:
             hasher = xxhash.xxh3_64()

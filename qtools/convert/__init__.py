@@ -1,5 +1,5 @@
 """Streaming, resumable checkpoint conversion."""
 
-from qtools.convert.run import ConvertSummary, ProgressHooks, convert_checkpoint
+from qtools.convert.run import ConversionInterrupted, ConvertSummary, ProgressHooks, convert_checkpoint
 
-__all__ = ["ConvertSummary", "ProgressHooks", "convert_checkpoint"]
+__all__ = ["ConversionInterrupted", "ConvertSummary", "ProgressHooks", "convert_checkpoint"]

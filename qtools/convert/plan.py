@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qtools.checkpoint.hf import Checkpoint
-from qtools.checkpoint.qwen3_moe import check_against_config
+from qtools.checkpoint.hf import INDEX_NAME, Checkpoint
+from qtools.checkpoint.qwen3_moe import check_against_config, expected_shapes
 from qtools.checkpoint.safetensors_io import TensorInfo, TensorSpec
-from qtools.errors import QtoolsError
+from qtools.errors import QtoolsError, some_names
 from qtools.formats.fp8_block import FORMATS
 from qtools.recipe import Recipe
 
@@ -35,18 +35,43 @@ class ConversionPlan:
         return sum(action.source.nbytes for action in self.actions[shard])
 
 
+def check_complete(checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint whose index lacks a tensor config.json implies (a tied `lm_head` may be absent).
+
+    Reads nothing but the index and config.json, so an incomplete source fails before any work.
+    """
+    config = checkpoint.config
+    tied = config.get("tie_word_embeddings") is True
+    present = checkpoint.weight_map
+    missing = [n for n in expected_shapes(config) if n not in present and not (tied and n == "lm_head.weight")]
+    if missing:
+        listing = INDEX_NAME if (checkpoint.root / INDEX_NAME).exists() else "the checkpoint"
+        raise QtoolsError(
+            f"{checkpoint.root}: incomplete checkpoint: {len(missing)} tensor(s) config.json implies are not in "
+            f"{listing}: {some_names(missing)}"
+        )
+
+
 def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
     """Decide every tensor's fate from headers and config.json; raise QtoolsError on any inconsistency.
 
-    Checks: config.json is a usable Qwen3-MoE config (`Checkpoint.model_config`), shard headers are valid and hold
-    what the index says, tensor shapes agree with config.json, every quantised tensor is a 2-D floating-point
-    `.weight`, and the recipe matches at least one tensor.
+    Checks: config.json is a usable Qwen3-MoE config (`Checkpoint.model_config`), the index holds every tensor it
+    implies, shard headers are valid and hold exactly what the index says, tensor shapes agree with config.json,
+    every quantised tensor is a 2-D floating-point `.weight`, and the recipe matches at least one tensor.
     """
     fmt = FORMATS[recipe.format]
     config = checkpoint.model_config
+    check_complete(checkpoint)
     plan = ConversionPlan()
     for shard in checkpoint.shard_names:
         reader = checkpoint.reader(shard)
+        unindexed = sorted(n for n in reader.tensors if checkpoint.weight_map.get(n) != shard)
+        if unindexed:
+            raise QtoolsError(
+                f"{checkpoint.root / shard}: holds {len(unindexed)} tensor(s) the index does not list for this "
+                f"shard, which a conversion would drop: {some_names(unindexed)}; list them in {INDEX_NAME} or "
+                "remove them from the shard"
+            )
         actions = []
         for name in sorted(n for n, f in checkpoint.weight_map.items() if f == shard):
             info = reader.tensors[name]

@@ -5,16 +5,19 @@ Quantised weights are read 128 rows at a time: each row of blocks gives its scal
 codes go straight to their planned place in the output (the layout is fixed before any data is written).
 Passthrough tensors are copied byte for byte, each chunk checked for NaN/Inf on its way through (a source that
 holds any is refused before its output shard is finished). Memory stays at one row of blocks plus one copy chunk,
-whatever the tensor or shard size.
+whatever the tensor or shard size. Every byte read is hashed on the way (XXH3-64 per tensor), so the record of a
+shard says exactly which source data it was made from.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import xxhash
 
 from qtools.checkpoint.safetensors_io import SafetensorsReader, StreamingWriter, TensorInfo
 from qtools.convert.plan import TensorAction
@@ -26,7 +29,9 @@ from qtools.numerics.fp8 import NonFiniteWeightError, block_row_scales, quantize
 
 @dataclass
 class ShardRecord:
-    """A finished output shard: its size, `shard_digest` and the tensors (name -> bytes) it holds."""
+    """A finished output shard: its size, `shard_digest` and the tensors (name -> bytes) it holds; `source` is the
+    identity of the source shard it was converted from (see `state.source_identity`) plus `read_digest`, a
+    SHA-256 over the XXH3-64 of each source tensor's bytes as read, in file order."""
 
     file: str
     size: int
@@ -35,6 +40,7 @@ class ShardRecord:
     source_bytes: int
     converted: int
     kept: int
+    source: dict[str, int | str] = field(default_factory=dict)
 
 
 def _quantize_tensor(
@@ -45,19 +51,24 @@ def _quantize_tensor(
     scale_dtype: torch.dtype,
     device: str,
     on_bytes: Callable[[int], None] | None,
-) -> None:
+) -> bytes:
+    """Quantise one weight into its planned codes and scales; returns the XXH3-64 of the source bytes read."""
     info = action.source
     codes_spec, scale_spec = action.outputs
     bo, bi = block
     scale_rows = []
+    read = xxhash.xxh3_64()
     for first in range(0, info.shape[0], bo):
-        rows = reader.read_rows(info.name, first, bo).to(device)
+        rows = reader.read_rows(info.name, first, bo)
+        read.update(rows.view(-1).view(torch.uint8).numpy())
+        rows = rows.to(device)
         # Codes are computed with the scale exactly as stored, so a bf16 scale is rounded first.
         scales = block_row_scales(rows, bi).to(scale_dtype)
         writer.write_part(codes_spec.name, quantize_block_row(rows, scales.float(), bi).cpu())
         scale_rows.append(scales.cpu())
         _report(on_bytes, rows.numel() * rows.element_size())
     writer.write(scale_spec.name, torch.stack(scale_rows) if scale_rows else torch.empty(scale_spec.shape))
+    return read.digest()
 
 
 def convert_shard(
@@ -68,20 +79,29 @@ def convert_shard(
     scale_dtype: str,
     device: str = "cpu",
     on_bytes: Callable[[int], None] | None = None,
+    source_identity: dict[str, int | str] | None = None,
 ) -> ShardRecord:
-    """Convert the shard file `source` into `destination` (written atomically) following `actions`."""
+    """Convert the shard file `source` into `destination` (written atomically) following `actions`.
+
+    `source_identity` (the source shard's, taken before reading it) goes into the record with the digest of
+    what was read.
+    """
     reader = SafetensorsReader(source)
     specs = [spec for action in actions for spec in action.outputs]
     writer = StreamingWriter(destination, specs, metadata={"format": "pt"})
+    read_digest = hashlib.sha256()
     try:
         for action in sorted(actions, key=lambda a: a.source.start):
             info = action.source
             if not action.quantize:
                 writer.copy_part(info.name, source, info.start, info.nbytes, check_chunk=_finite_check(source, info))
+                # A copied tensor's bytes are the source's, so the writer's digest of them is the read digest.
+                read_digest.update(writer.tensor_digest(info.name))
                 _report(on_bytes, info.nbytes)
                 continue
             try:
-                _quantize_tensor(reader, writer, action, block, SCALE_DTYPES[scale_dtype], device, on_bytes)
+                scales = SCALE_DTYPES[scale_dtype]
+                read_digest.update(_quantize_tensor(reader, writer, action, block, scales, device, on_bytes))
             except NonFiniteWeightError as error:
                 raise QtoolsError(f"{source}: tensor {info.name!r}: {error}") from error
         sha256 = writer.close()
@@ -96,6 +116,7 @@ def convert_shard(
         source_bytes=sum(a.source.nbytes for a in actions),
         converted=sum(a.quantize for a in actions),
         kept=sum(not a.quantize for a in actions),
+        source={**(source_identity or {}), "read_digest": read_digest.hexdigest()},
     )
 
 
