@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from qtools.check.pipeline import CheckResult
 from qtools.check.report import write_reports
+from qtools.check.result import CheckResult
 from qtools.check.thresholds import Thresholds, evaluate
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

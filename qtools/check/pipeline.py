@@ -12,7 +12,6 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from qtools.check.decode import decode_text
 from qtools.check.engine_qtools import EngineRun, run_qtools
 from qtools.check.fim_check import compare_middles
 from qtools.check.generation_check import compare_continuations
+from qtools.check.result import CheckResult
 from qtools.check.suites import SUITE_NAMES, SuiteSizes
 from qtools.check.thresholds import Thresholds, evaluate
 from qtools.check.tools_check import compare_tool_replies
@@ -32,40 +32,6 @@ from qtools.check.workload import Workload, build_workload
 from qtools.errors import QtoolsError
 
 ENGINES = ("qtools", "vllm")
-
-
-@dataclass
-class CheckResult:
-    """Everything a check found: `figures` (summary numbers by section), `details` (per-prompt and per-module
-    records), threshold `verdicts`, `meta` (versions, seeds, template hash, settings) and `timings_s`."""
-
-    figures: dict[str, Any]
-    details: dict[str, Any]
-    verdicts: list[dict]
-    meta: dict[str, Any]
-    timings_s: dict[str, float] = field(default_factory=dict)
-    report_files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        """True when no threshold failed."""
-        return not any(verdict["status"] == "fail" for verdict in self.verdicts)
-
-    @property
-    def failures(self) -> list[dict]:
-        """The verdicts that failed."""
-        return [verdict for verdict in self.verdicts if verdict["status"] == "fail"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report.json content (floats not yet made JSON-safe)."""
-        return {
-            "passed": self.passed,
-            "verdicts": self.verdicts,
-            "figures": self.figures,
-            "meta": self.meta,
-            "timings_s": self.timings_s,
-            "details": self.details,
-        }
 
 
 def _versions() -> dict[str, str]:

@@ -10,7 +10,7 @@ from qtools.check.report.json_report import render_json
 from qtools.check.report.markdown import render_markdown
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 
 def write_reports(result: CheckResult, directory: Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 VERDICT_HEADER = ["key", "bound", "threshold", "value", "status"]
 WORST_HEADER = ["module", "format", "SQNR dB"]

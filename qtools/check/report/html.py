@@ -20,7 +20,7 @@ from qtools.check.report.format import (
 from qtools.check.report.svg import bar_chart, histogram
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1000px; }

@@ -7,7 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 
 def json_safe(value: Any) -> Any:

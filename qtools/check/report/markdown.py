@@ -18,7 +18,7 @@ from qtools.check.report.format import (
 )
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
