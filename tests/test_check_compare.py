@@ -177,7 +177,7 @@ def test_threshold_evaluation_directions_and_skips() -> None:
     thresholds = Thresholds().with_overrides(["kl_mean=0.01", "top1_agreement=0.9", "kl_max=off"])
     figures = {
         "distribution": {"kl": {"mean": 0.02, "max": 3.0}, "top1_agreement": 0.95},
-        "fim": {"exact_drop": float("nan")},
+        "fim": {"exact_drop": None},
     }
     verdicts = {v["key"]: v for v in evaluate(thresholds, figures)}
     assert verdicts["kl_mean"]["status"] == "fail" and verdicts["kl_mean"]["direction"] == "max"
@@ -187,3 +187,30 @@ def test_threshold_evaluation_directions_and_skips() -> None:
     assert verdicts["fim_exact_drop"]["status"] == "skipped"  # nothing graded
     boundary = evaluate(Thresholds().with_overrides(["kl_mean=0.02"]), figures)
     assert next(v for v in boundary if v["key"] == "kl_mean")["status"] == "pass"  # bounds are inclusive
+
+
+def test_non_finite_figures_fail_and_only_unmeasured_ones_are_skipped() -> None:
+    """A measured NaN (a NaN weight, a NaN logit) is a failure, never a skip; so are infinities on the wrong
+    side of a bound. Only a figure that is absent or None (suite not run, nothing graded) is skipped."""
+    nan, inf = float("nan"), float("inf")
+    figures = {
+        "distribution": {"kl": {"mean": nan, "p99": inf}, "top1_agreement": nan, "ppl_ratio": nan},
+        "weights": {"sqnr_min_db": inf},
+        "layers": {"update_sqnr_min_db": -inf},
+        "tools": {"same_name": None},
+    }
+    verdicts = {v["key"]: v for v in evaluate(Thresholds(), figures)}
+    for key in ("kl_mean", "kl_p99", "top1_agreement", "ppl_ratio", "layer_update_sqnr_min_db"):
+        assert verdicts[key]["status"] == "fail", key
+    assert verdicts["weight_sqnr_min_db"]["status"] == "pass"  # identical weights: infinite SQNR
+    assert verdicts["tool_same_name"]["status"] == "skipped" and verdicts["fim_exact_drop"]["status"] == "skipped"
+
+
+def test_rates_over_nothing_are_none_not_nan() -> None:
+    """ "Nothing to grade" is None, so that NaN always means a measured non-finite value."""
+    tools = compare_tool_replies([_prompt(None)], ["Sunny."], ["Sunny."])
+    assert tools["graded"] == 0 and tools["correct_ref"] is None and tools["flip_rate"] is None
+    assert compare_tool_replies([], [], [])["same_calls"] is None
+    fim = compare_middles([FimPrompt("b", "x = 1\n", "", None)], ["y"], ["y"])
+    assert fim["exact_ref"] is None and fim["exact_drop"] is None and fim["same_as_reference"] == 1.0
+    assert compare_continuations([], [])["exact_match_rate"] is None

@@ -9,6 +9,7 @@ the default-threshold tests on the trained toy model.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -29,7 +30,7 @@ from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.recipe import load_recipe
 from qtools.runtime import load_model
-from qtools.testing.files import RECIPES_DIR
+from qtools.testing.files import RECIPES_DIR, edit_shard
 from qtools.testing.synth import SynthSpec, make_checkpoint
 from qtools.toy.tokenizer import save_tokenizer, train_tokenizer
 
@@ -66,8 +67,8 @@ def synth_trio(tmp_path_factory) -> tuple[Path, Path, Path]:
     return ref, root / "fp8", root / "damaged"
 
 
-def _check(ref: Path, quant: Path, suites: tuple[str, ...] = ("code", "weights"), **options):
-    thresholds = Thresholds().with_overrides(STRUCTURAL)
+def _check(ref: Path, quant: Path, suites: tuple[str, ...] = ("code", "weights"), fail_under_extra=(), **options):
+    thresholds = Thresholds().with_overrides([*STRUCTURAL, *fail_under_extra])
     return run_check(ref, quant, suites=suites, thresholds=thresholds, sizes=SIZES, **options)
 
 
@@ -93,6 +94,44 @@ def test_fp8_passes_and_damaged_layer_fails_and_is_named(synth_trio, tmp_path: P
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["figures"]["layers"]["worst_layer_by_update"] == DAMAGED_LAYER
     assert len(report["details"]["weights"]) == 3 * (4 + 4 * 3 + 1) + 2  # per layer: attention, experts, router
+
+
+def _nan_scale(tensor: torch.Tensor) -> torch.Tensor:
+    tensor[0, 0] = float("nan")
+    return tensor
+
+
+@pytest.fixture(scope="module")
+def nan_scale_copy(synth_trio, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the FP8 conversion with one NaN block scale in a layer-1 expert (verify rejects it), and the
+    module that holds it."""
+    _, fp8, _ = synth_trio
+    copy = tmp_path_factory.mktemp("nan") / "fp8"
+    shutil.copytree(fp8, copy)
+    index = json.loads((copy / "model.safetensors.index.json").read_text())["weight_map"]
+    scale = f"model.layers.{DAMAGED_LAYER}.mlp.experts.0.down_proj.weight_scale_inv"
+    edit_shard(copy / index[scale], lambda name: name == scale, _nan_scale)
+    return copy, scale.removesuffix(".weight_scale_inv")
+
+
+def test_a_nan_block_scale_fails_the_check_and_is_named(synth_trio, nan_scale_copy, tmp_path: Path) -> None:
+    ref, _, _ = synth_trio
+    quant, module = nan_scale_copy
+    weights = _check(ref, quant, suites=("weights",), report_dir=tmp_path / "weights")
+    assert not weights.passed and [v["key"] for v in weights.failures] == ["weight_sqnr_min_db"]
+    assert weights.figures["weights"]["worst"][0]["module"] == module
+    assert weights.figures["layers"]["worst_layer_by_weights"] == DAMAGED_LAYER
+    report = json.loads((tmp_path / "weights" / "report.json").read_text())
+    assert report["figures"]["weights"]["sqnr_min_db"] == "nan"
+    assert report["figures"]["weights"]["worst"][0]["module"] == module
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "weights" / name).read_text()
+        assert module in text and "nan" in text, name
+    # The code suite: NaN KL and perplexity ratio fail (a loose bound is still a bound), as does the layer SQNR.
+    code = _check(ref, quant, suites=("code",), fail_under_extra=["kl_mean=1e9", "ppl_ratio=1e9"])
+    statuses = {v["key"]: v["status"] for v in code.verdicts}
+    assert statuses["kl_mean"] == statuses["ppl_ratio"] == statuses["layer_update_sqnr_min_db"] == "fail"
+    assert code.figures["layers"]["worst_layer_by_update"] == DAMAGED_LAYER
 
 
 def test_streamed_check_equals_resident(synth_trio) -> None:

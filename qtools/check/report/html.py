@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -65,7 +66,7 @@ def _plots(figures: dict) -> list[str]:
         if per_layer and key in per_layer[0]
     }
     if series:
-        finite = [v for values in series.values() for v in values if v is not None and v != float("inf")]
+        finite = [v for values in series.values() for v in values if v is not None and math.isfinite(v)]
         cap = max(finite, default=60.0) + 10.0
         out.append(bar_chart("Per-layer SQNR (dB)", [str(row["layer"]) for row in per_layer], series, "dB", cap=cap))
     tools, fim = figures.get("tools"), figures.get("fim")
