@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,33 @@ def test_rates_over_nothing_are_none_not_nan() -> None:
     fim = compare_middles([FimPrompt("b", "x = 1\n", "", None)], ["y"], ["y"])
     assert fim["exact_ref"] is None and fim["exact_drop"] is None and fim["same_as_reference"] == 1.0
     assert compare_continuations([], [])["exact_match_rate"] is None
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"kind": "tools", "messages": "hi"}, "'messages' must be a list"),
+        ({"kind": "tools", "messages": [{"content": "hi"}]}, "string 'role'"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "hi"}], "tools": "x"}, "'tools' must be"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "hi"}], "tools": ["x"]}, "each tool"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "?"}], "expected_calls": "x"}, "expected_calls"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "?"}], "expected_calls": [{"name": 1}]}, "name"),
+        ({"kind": "fim", "prefix": 1, "suffix": ""}, "'prefix' must be a string"),
+        ({"kind": "code", "text": ["x"]}, "'text' must be a string"),
+        (["not", "an", "object"], "JSON object"),
+    ],
+    ids=["messages", "role", "tools", "tool", "expected calls", "call name", "fim prefix", "code text", "array"],
+)
+def test_suite_records_of_the_wrong_type_are_refused_when_read(tmp_path: Path, record, message) -> None:
+    """These used to pass the reader and fail (or be silently misgraded) after both models had run."""
+    path = tmp_path / "suite.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(QtoolsError, match=f"suite.jsonl:1.*{re.escape(message)}"):
+        read_suite_file(path)
+
+
+def test_a_suite_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "suite.jsonl"
+    path.write_bytes(b'{"kind": "code", "text": "\xff"}\n')
+    with pytest.raises(QtoolsError, match="UTF-8"):
+        read_suite_file(path)

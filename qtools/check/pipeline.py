@@ -24,6 +24,7 @@ from qtools.check.decode import decode_text
 from qtools.check.engine_qtools import EngineRun, run_qtools
 from qtools.check.fim_check import compare_middles
 from qtools.check.generation_check import compare_continuations
+from qtools.check.preflight import check_device, check_dtype, check_pair, prepare_report_dir
 from qtools.check.result import CheckResult
 from qtools.check.suites import SUITE_NAMES, SuiteSizes
 from qtools.check.thresholds import Thresholds, evaluate
@@ -103,6 +104,26 @@ def compare_replies(work: Workload, run: EngineRun) -> tuple[dict[str, Any], dic
     return figures, details
 
 
+def outcome_warnings(figures: dict[str, Any], verdicts: list[dict]) -> list[str]:
+    """Warnings a check's figures raise about the comparison itself: two models that do not differ at all
+    (the same weights under two names: nothing was checked) and a gate that evaluated no threshold."""
+    warnings = []
+    weights, distribution = figures.get("weights"), figures.get("distribution")
+    same = []
+    if weights:
+        same.append(weights["modules_changed"] == 0)
+    if distribution and distribution["tokens"]:
+        same.append(distribution["kl"]["max"] == 0.0)
+    if same and all(same):
+        warnings.append(
+            "the two checkpoints look identical (no compared weight differs / every scored token has KL 0): "
+            "nothing was checked; is the second argument really the quantised checkpoint?"
+        )
+    if not any(verdict["status"] in ("pass", "fail") for verdict in verdicts):
+        warnings.append("no threshold was evaluated (every gated figure was skipped or off): the pass means nothing")
+    return warnings
+
+
 def run_check(
     ref: str | Path,
     quant: str | Path,
@@ -125,7 +146,10 @@ def run_check(
     engine "qtools": both models run by the project runtime on `device` in `dtype`; `stream_layers` keeps
     one decoder layer of each in memory, for the teacher-forced suites (code, weights) only. engine "vllm":
     generation and top-k log-probabilities through vLLM, `vllm_options` passed to `vllm.LLM` (weights still
-    compared by the runtime on `device`). Raises QtoolsError for unusable input or a missing vLLM.
+    compared by the runtime on `device`). Raises QtoolsError for unusable input or a missing vLLM, before
+    any model is loaded (`preflight`): a checkpoint checked against itself, a device or dtype the runtime
+    cannot use, a report directory that cannot be written. Warnings about the comparison itself (swapped
+    arguments, identical models, nothing gated) are logged and kept in `meta["warnings"]`.
     """
     ref, quant = Path(ref), Path(quant)
     say = log or (lambda message: None)
@@ -141,6 +165,13 @@ def run_check(
             "--stream-layers runs the teacher-forced suites only (code, weights): greedy decoding would re-read "
             "every layer for every token. Pass --suite code,weights, or use --engine vllm for tools and fim"
         )
+    check_device(device)
+    check_dtype(dtype)
+    warnings = check_pair(ref, quant)
+    for warning in warnings:
+        say(f"warning: {warning}")
+    if report_dir is not None:
+        prepare_report_dir(Path(report_dir))
     clock = _Clock(say)
     if engine == "vllm":
         from qtools.check.engine_vllm import require_vllm
@@ -188,9 +219,13 @@ def run_check(
         "torch_threads": torch.get_num_threads(),
         "thresholds": thresholds.model_dump(),
     }
+    verdicts = evaluate(thresholds, figures)
+    meta["warnings"] = warnings + outcome_warnings(figures, verdicts)
+    for warning in meta["warnings"][len(warnings) :]:
+        say(f"warning: {warning}")
     clock.lap("compare")
     clock.timings["total"] = round(sum(clock.timings.values()), 2)
-    result = CheckResult(figures, details, evaluate(thresholds, figures), meta, clock.timings)
+    result = CheckResult(figures, details, verdicts, meta, clock.timings)
     if report_dir is not None:
         from qtools.check.report import write_reports
 

@@ -31,6 +31,7 @@ td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 tr.fail td { background: #fde7e6; } tr.pass td { background: #eaf6ec; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; font-size: 12px; }
 .meta { color: #555; font-size: 13px; }
+.warning { background: #fff4d6; border-left: 4px solid #c98a00; padding: 6px 10px; }
 """
 LAYER_SERIES = {
     "update_sqnr_db": "layer update (same input)",
@@ -143,6 +144,7 @@ def render_html(result: CheckResult) -> str:
         [
             f"<h1 class={'pass' if result.passed else 'fail'}>qtools check: {escape(verdict)}</h1>",
             f"<p class=meta>{escape(info)}</p>",
+            *(f"<p class=warning><b>Warning:</b> {escape(warning)}</p>" for warning in result.warnings),
             "<h2>Thresholds</h2>",
             verdicts,
             "<h2>Figures</h2>",

@@ -47,6 +47,7 @@ def render_markdown(result: CheckResult) -> str:
         "(the tokenizer's size) masked to -inf in both models before the softmax",
         f"- run time {fmt(result.timings_s.get('total'))} s",
         "",
+        *(f"> **Warning:** {warning}\n" for warning in result.warnings),
         "## Thresholds",
         "",
     ]
