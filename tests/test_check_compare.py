@@ -245,3 +245,17 @@ def test_a_suite_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b'{"kind": "code", "text": "\xff"}\n')
     with pytest.raises(QtoolsError, match="UTF-8"):
         read_suite_file(path)
+
+
+def test_outcome_warnings_for_identical_models_and_an_empty_gate() -> None:
+    from qtools.check.pipeline import outcome_warnings
+
+    passed = [{"status": "pass"}, {"status": "off"}]
+    assert outcome_warnings({"weights": {"modules_changed": 3}}, passed) == []
+    identical = outcome_warnings({"weights": {"modules_changed": 0}}, passed)
+    assert len(identical) == 1 and "identical" in identical[0]
+    # A norm-only difference shows up in the distribution even when no linear weight differs.
+    differing = {"weights": {"modules_changed": 0}, "distribution": {"tokens": 10, "kl": {"max": 1e-4}}}
+    assert outcome_warnings(differing, passed) == []
+    nothing = outcome_warnings({}, [{"status": "skipped"}, {"status": "off"}])
+    assert len(nothing) == 1 and "no threshold was evaluated" in nothing[0]
