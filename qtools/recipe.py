@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_validator, model_validator
 
 from qtools.errors import QtoolsError
 
@@ -20,6 +20,12 @@ FORMATS = ("hf-fp8", "compressed-tensors")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "fp8-block"
 _RECIPE_SUFFIXES = (".yaml", ".yml")
+# Block edges a recipe may ask for: powers of two (Triton tiles and every block-FP8 kernel index blocks by
+# power-of-two tiles) from 16 (smaller blocks store more scale than weight) to 512.
+BLOCK_EDGES = tuple(2**power for power in range(4, 10))
+# The official Qwen FP8 layout; vLLM's and SGLang's hf-fp8 loaders are tuned and tested for it (DeepGEMM and
+# CUTLASS block-FP8 GEMMs take 128x128 only), and so are the qtools kernels.
+HF_FP8_BLOCK = (128, 128)
 
 
 @lru_cache(maxsize=1024)
@@ -45,7 +51,8 @@ class Recipe(BaseModel):
 
     scheme: Literal["fp8-block"] = "fp8-block"
     format: Literal["hf-fp8", "compressed-tensors"] = "hf-fp8"
-    block_size: tuple[int, int] = (128, 128)
+    # StrictInt: YAML `true` is no block edge (it became 1) and neither is `1e20` or `128.0`.
+    block_size: tuple[StrictInt, StrictInt] = HF_FP8_BLOCK
     scale_dtype: Literal["float32", "bfloat16"] = "float32"
     targets: list[str]
     ignore: list[str] = []
@@ -63,10 +70,23 @@ class Recipe(BaseModel):
 
     @field_validator("block_size")
     @classmethod
-    def _positive_block(cls, block: tuple[int, int]) -> tuple[int, int]:
-        if min(block) <= 0:
-            raise ValueError("block_size entries must be positive")
+    def _sane_block(cls, block: tuple[int, int]) -> tuple[int, int]:
+        if any(edge not in BLOCK_EDGES for edge in block):
+            raise ValueError(
+                f"block_size entries must be powers of two from 16 to 512 ({', '.join(map(str, BLOCK_EDGES))}), "
+                f"got {list(block)}; the usual FP8 block is [128, 128]"
+            )
         return block
+
+    @model_validator(mode="after")
+    def _block_the_format_can_serve(self) -> Recipe:
+        if self.format == "hf-fp8" and self.block_size != HF_FP8_BLOCK:
+            raise ValueError(
+                f"block_size {list(self.block_size)}: hf-fp8 (the official Qwen FP8 layout) is loaded by vLLM and "
+                "SGLang with [128, 128] blocks only; use block_size: [128, 128], or format: compressed-tensors "
+                "(its block_structure records any block) for other blocks"
+            )
+        return self
 
     def quantizes(self, module: str) -> bool:
         """Whether this recipe converts `module`."""
@@ -118,5 +138,23 @@ def load_recipe(recipe: str | Path, format_override: str | None = None) -> Recip
     try:
         return Recipe.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'recipe'}: {e['msg']}" for e in error.errors())
-        raise QtoolsError(f"{path}: invalid recipe: {problems}") from error
+        problems = [_problem(e) for e in error.errors()]
+        hints = sorted({FIELD_HINTS[e["loc"][0]] for e in error.errors() if _is_type_error(e)})
+        raise QtoolsError(f"{path}: invalid recipe: {'; '.join(problems + hints)}") from error
+
+
+# How to write a field, added to the type errors pydantic reports for it.
+FIELD_HINTS = {"block_size": "block_size is two integers, e.g. [128, 128]"}
+
+
+def _is_type_error(error: dict) -> bool:
+    return bool(error["loc"]) and error["loc"][0] in FIELD_HINTS and error["type"] not in ("value_error", "missing")
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as `field: what is wrong (got VALUE)`."""
+    where = ".".join(str(part) for part in error["loc"]) or "recipe"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("value_error", "missing") or not error["loc"]:
+        return f"{where}: {message}"
+    return f"{where}: {message} (got {error['input']!r})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -177,7 +178,7 @@ def test_threshold_evaluation_directions_and_skips() -> None:
     thresholds = Thresholds().with_overrides(["kl_mean=0.01", "top1_agreement=0.9", "kl_max=off"])
     figures = {
         "distribution": {"kl": {"mean": 0.02, "max": 3.0}, "top1_agreement": 0.95},
-        "fim": {"exact_drop": float("nan")},
+        "fim": {"exact_drop": None},
     }
     verdicts = {v["key"]: v for v in evaluate(thresholds, figures)}
     assert verdicts["kl_mean"]["status"] == "fail" and verdicts["kl_mean"]["direction"] == "max"
@@ -187,3 +188,74 @@ def test_threshold_evaluation_directions_and_skips() -> None:
     assert verdicts["fim_exact_drop"]["status"] == "skipped"  # nothing graded
     boundary = evaluate(Thresholds().with_overrides(["kl_mean=0.02"]), figures)
     assert next(v for v in boundary if v["key"] == "kl_mean")["status"] == "pass"  # bounds are inclusive
+
+
+def test_non_finite_figures_fail_and_only_unmeasured_ones_are_skipped() -> None:
+    """A measured NaN (a NaN weight, a NaN logit) is a failure, never a skip; so are infinities on the wrong
+    side of a bound. Only a figure that is absent or None (suite not run, nothing graded) is skipped."""
+    nan, inf = float("nan"), float("inf")
+    figures = {
+        "distribution": {"kl": {"mean": nan, "p99": inf}, "top1_agreement": nan, "ppl_ratio": nan},
+        "weights": {"sqnr_min_db": inf},
+        "layers": {"update_sqnr_min_db": -inf},
+        "tools": {"same_name": None},
+    }
+    verdicts = {v["key"]: v for v in evaluate(Thresholds(), figures)}
+    for key in ("kl_mean", "kl_p99", "top1_agreement", "ppl_ratio", "layer_update_sqnr_min_db"):
+        assert verdicts[key]["status"] == "fail", key
+    assert verdicts["weight_sqnr_min_db"]["status"] == "pass"  # identical weights: infinite SQNR
+    assert verdicts["tool_same_name"]["status"] == "skipped" and verdicts["fim_exact_drop"]["status"] == "skipped"
+
+
+def test_rates_over_nothing_are_none_not_nan() -> None:
+    """ "Nothing to grade" is None, so that NaN always means a measured non-finite value."""
+    tools = compare_tool_replies([_prompt(None)], ["Sunny."], ["Sunny."])
+    assert tools["graded"] == 0 and tools["correct_ref"] is None and tools["flip_rate"] is None
+    assert compare_tool_replies([], [], [])["same_calls"] is None
+    fim = compare_middles([FimPrompt("b", "x = 1\n", "", None)], ["y"], ["y"])
+    assert fim["exact_ref"] is None and fim["exact_drop"] is None and fim["same_as_reference"] == 1.0
+    assert compare_continuations([], [])["exact_match_rate"] is None
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"kind": "tools", "messages": "hi"}, "'messages' must be a list"),
+        ({"kind": "tools", "messages": [{"content": "hi"}]}, "string 'role'"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "hi"}], "tools": "x"}, "'tools' must be"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "hi"}], "tools": ["x"]}, "each tool"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "?"}], "expected_calls": "x"}, "expected_calls"),
+        ({"kind": "tools", "messages": [{"role": "user", "content": "?"}], "expected_calls": [{"name": 1}]}, "name"),
+        ({"kind": "fim", "prefix": 1, "suffix": ""}, "'prefix' must be a string"),
+        ({"kind": "code", "text": ["x"]}, "'text' must be a string"),
+        (["not", "an", "object"], "JSON object"),
+    ],
+    ids=["messages", "role", "tools", "tool", "expected calls", "call name", "fim prefix", "code text", "array"],
+)
+def test_suite_records_of_the_wrong_type_are_refused_when_read(tmp_path: Path, record, message) -> None:
+    """These used to pass the reader and fail (or be silently misgraded) after both models had run."""
+    path = tmp_path / "suite.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(QtoolsError, match=f"suite.jsonl:1.*{re.escape(message)}"):
+        read_suite_file(path)
+
+
+def test_a_suite_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "suite.jsonl"
+    path.write_bytes(b'{"kind": "code", "text": "\xff"}\n')
+    with pytest.raises(QtoolsError, match="UTF-8"):
+        read_suite_file(path)
+
+
+def test_outcome_warnings_for_identical_models_and_an_empty_gate() -> None:
+    from qtools.check.pipeline import outcome_warnings
+
+    passed = [{"status": "pass"}, {"status": "off"}]
+    assert outcome_warnings({"weights": {"modules_changed": 3}}, passed) == []
+    identical = outcome_warnings({"weights": {"modules_changed": 0}}, passed)
+    assert len(identical) == 1 and "identical" in identical[0]
+    # A norm-only difference shows up in the distribution even when no linear weight differs.
+    differing = {"weights": {"modules_changed": 0}, "distribution": {"tokens": 10, "kl": {"max": 1e-4}}}
+    assert outcome_warnings(differing, passed) == []
+    nothing = outcome_warnings({}, [{"status": "skipped"}, {"status": "off"}])
+    assert len(nothing) == 1 and "no threshold was evaluated" in nothing[0]

@@ -13,11 +13,15 @@ from qtools.check.metrics import (
     compare_topk,
     kl_summary,
     log_histogram,
+    lowest,
+    lowest_index,
     mask_padded_vocab,
     perplexity,
     quantile,
     sqnr_db,
+    sqnr_from_energies,
 )
+from qtools.check.sqnr import layer_weight_summary, weights_section, worst_modules
 
 
 def _logits(*rows: list[float]) -> torch.Tensor:
@@ -124,3 +128,44 @@ def test_log_histogram_counts_every_value_once() -> None:
     assert len(hist["edges"]) == len(hist["counts"]) + 1 == 8
     assert sum(hist["counts"]) + hist["underflow"] == values.numel()
     assert hist["counts"][0] == 2 and hist["counts"][-1] == 2  # [1e-6, 1e-5) and the clamped top bin
+
+
+def test_sqnr_of_non_finite_noise() -> None:
+    """NaN noise gives a NaN SQNR and infinite noise -inf dB (not a math domain error)."""
+    assert math.isnan(sqnr_from_energies(1.0, math.nan)) and math.isnan(sqnr_from_energies(math.nan, 1.0))
+    assert sqnr_from_energies(1.0, math.inf) == -math.inf
+    weights = torch.ones(8)
+    assert math.isnan(sqnr_db(weights, torch.where(torch.arange(8) == 3, math.nan, 1.0)))
+    assert sqnr_db(weights, torch.where(torch.arange(8) == 3, math.inf, 1.0)) == -math.inf
+
+
+def test_lowest_counts_nan_as_the_lowest() -> None:
+    assert math.isnan(lowest([31.0, math.nan, 5.0])) and lowest([31.0, 5.0, math.inf]) == 5.0
+    assert lowest_index([31.0, 5.0, math.nan, math.nan]) == 2 and lowest_index([3.0, -math.inf, 1.0]) == 1
+    assert lowest([]) == math.inf
+
+
+def test_a_module_with_non_finite_noise_is_the_worst() -> None:
+    """A NaN (or Inf) in a dequantised weight makes its module the worst one, counted as changed, and the
+    minimum SQNR of its layer and of the checkpoint NaN (-inf), so no bound can pass it."""
+
+    def record(module: str, signal: float, noise: float) -> dict:
+        return {
+            "module": module,
+            "format": "Fp8BlockLinear",
+            "sqnr_db": sqnr_from_energies(signal, noise),
+            "signal": signal,
+            "noise": noise,
+        }
+
+    records = [record("a", 100.0, 0.1), record("b", 100.0, math.nan), record("c", 100.0, 0.0), record("d", 1.0, 0.5)]
+    summary = layer_weight_summary(records)
+    assert math.isnan(summary["weight_sqnr_min_db"]) and summary["modules_changed"] == 3
+    section = weights_section(records)
+    assert math.isnan(section["sqnr_min_db"]) and section["modules_changed"] == 3
+    assert [w["module"] for w in section["worst"]] == ["b", "d", "a"]
+    assert [w["module"] for w in worst_modules([record("x", 1.0, math.inf), *records])][:2] == ["b", "x"]
+
+
+def test_perplexity_past_float_range_is_inf() -> None:
+    assert perplexity(torch.full((4,), 1e30)) == math.inf and math.isnan(perplexity(torch.tensor([math.nan])))

@@ -9,6 +9,8 @@ the default-threshold tests on the trained toy model.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from qtools.chat import load_chat_template
+from qtools.check import pipeline
 from qtools.check.damage import damage_experts
 from qtools.check.decode import greedy_decode
 from qtools.check.pipeline import run_check
@@ -29,6 +32,7 @@ from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.recipe import load_recipe
 from qtools.runtime import load_model
+from qtools.testing.files import edit_shard
 from qtools.testing.synth import SynthSpec, make_checkpoint
 from qtools.toy.tokenizer import save_tokenizer, train_tokenizer
 
@@ -65,8 +69,8 @@ def synth_trio(tmp_path_factory) -> tuple[Path, Path, Path]:
     return ref, root / "fp8", root / "damaged"
 
 
-def _check(ref: Path, quant: Path, suites: tuple[str, ...] = ("code", "weights"), **options):
-    thresholds = Thresholds().with_overrides(STRUCTURAL)
+def _check(ref: Path, quant: Path, suites: tuple[str, ...] = ("code", "weights"), fail_under_extra=(), **options):
+    thresholds = Thresholds().with_overrides([*STRUCTURAL, *fail_under_extra])
     return run_check(ref, quant, suites=suites, thresholds=thresholds, sizes=SIZES, **options)
 
 
@@ -94,6 +98,44 @@ def test_fp8_passes_and_damaged_layer_fails_and_is_named(synth_trio, tmp_path: P
     assert len(report["details"]["weights"]) == 3 * (4 + 4 * 3 + 1) + 2  # per layer: attention, experts, router
 
 
+def _nan_scale(tensor: torch.Tensor) -> torch.Tensor:
+    tensor[0, 0] = float("nan")
+    return tensor
+
+
+@pytest.fixture(scope="module")
+def nan_scale_copy(synth_trio, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the FP8 conversion with one NaN block scale in a layer-1 expert (verify rejects it), and the
+    module that holds it."""
+    _, fp8, _ = synth_trio
+    copy = tmp_path_factory.mktemp("nan") / "fp8"
+    shutil.copytree(fp8, copy)
+    index = json.loads((copy / "model.safetensors.index.json").read_text())["weight_map"]
+    scale = f"model.layers.{DAMAGED_LAYER}.mlp.experts.0.down_proj.weight_scale_inv"
+    edit_shard(copy / index[scale], lambda name: name == scale, _nan_scale)
+    return copy, scale.removesuffix(".weight_scale_inv")
+
+
+def test_a_nan_block_scale_fails_the_check_and_is_named(synth_trio, nan_scale_copy, tmp_path: Path) -> None:
+    ref, _, _ = synth_trio
+    quant, module = nan_scale_copy
+    weights = _check(ref, quant, suites=("weights",), report_dir=tmp_path / "weights")
+    assert not weights.passed and [v["key"] for v in weights.failures] == ["weight_sqnr_min_db"]
+    assert weights.figures["weights"]["worst"][0]["module"] == module
+    assert weights.figures["layers"]["worst_layer_by_weights"] == DAMAGED_LAYER
+    report = json.loads((tmp_path / "weights" / "report.json").read_text())
+    assert report["figures"]["weights"]["sqnr_min_db"] == "nan"
+    assert report["figures"]["weights"]["worst"][0]["module"] == module
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "weights" / name).read_text()
+        assert module in text and "nan" in text, name
+    # The code suite: NaN KL and perplexity ratio fail (a loose bound is still a bound), as does the layer SQNR.
+    code = _check(ref, quant, suites=("code",), fail_under_extra=["kl_mean=1e9", "ppl_ratio=1e9"])
+    statuses = {v["key"]: v["status"] for v in code.verdicts}
+    assert statuses["kl_mean"] == statuses["ppl_ratio"] == statuses["layer_update_sqnr_min_db"] == "fail"
+    assert code.figures["layers"]["worst_layer_by_update"] == DAMAGED_LAYER
+
+
 def test_streamed_check_equals_resident(synth_trio) -> None:
     ref, fp8, _ = synth_trio
     resident = _check(ref, fp8)
@@ -104,9 +146,12 @@ def test_streamed_check_equals_resident(synth_trio) -> None:
         _check(ref, fp8, suites=("code", "tools"), stream_layers=True)
 
 
-def test_decoding_suites_run_and_identical_models_agree(synth_trio) -> None:
+def test_decoding_suites_run_and_identical_models_agree(synth_trio, tmp_path: Path) -> None:
     ref, _, _ = synth_trio
-    result = _check(ref, ref, suites=("code", "tools", "fim"))
+    copy = tmp_path / "copy"
+    shutil.copytree(ref, copy)
+    result = _check(ref, copy, suites=("code", "tools", "fim"))
+    assert any("identical" in warning for warning in result.warnings), result.warnings
     figures = result.figures
     assert figures["distribution"]["kl"]["max"] == 0.0 and figures["distribution"]["top1_agreement"] == 1.0
     assert figures["generation"]["exact_match_rate"] == 1.0 and figures["generation"]["prompts"] == 2
@@ -130,6 +175,98 @@ def test_cli_exit_codes(synth_trio, tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "did you mean 'kl_mean'" in unknown.output
     no_tokenizer = runner.invoke(app, ["check", str(fp8.parent / "nowhere"), str(fp8)])
     assert no_tokenizer.exit_code == 2
+
+
+def _hard_linked_copy(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        (os.link if path.suffix == ".safetensors" else shutil.copy)(path, target / path.name)
+    return target
+
+
+def test_a_checkpoint_against_itself_is_refused(synth_trio, tmp_path: Path) -> None:
+    """`qtools check REF REF` used to pass without a word: refused (exit 2) for the same directory, a symlink
+    to it, or a directory whose weight files are the same files (hard links)."""
+    ref, _, _ = synth_trio
+    link = tmp_path / "link"
+    link.symlink_to(ref)
+    runner = CliRunner()
+    for other in (ref, link, _hard_linked_copy(ref, tmp_path / "linked")):
+        result = runner.invoke(app, ["check", str(ref), str(other), "--suite", "weights"])
+        assert result.exit_code == 2 and "against itself" in result.output, (other, result.output)
+
+
+def test_swapped_arguments_are_warned_about_and_recorded(synth_trio, tmp_path: Path) -> None:
+    """A quantised reference against a BF16 "quantised" checkpoint is almost always swapped arguments: said
+    loudly on the terminal and in every report, recorded in meta.warnings (the figures are still computed)."""
+    ref, fp8, _ = synth_trio
+    args = ["check", str(fp8), str(ref), "--suite", "weights", "--report", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, *(f"--fail-under={item}" for item in STRUCTURAL)])
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "swapped" in " ".join(result.output.split())
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert any("swapped" in warning for warning in report["meta"]["warnings"])
+    for name in ("report.md", "report.html"):
+        assert "swapped" in (tmp_path / name).read_text(), name
+
+
+def _no_models(*args, **kwargs):
+    raise AssertionError("a model was loaded before the check's inputs were validated")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "report is a file",
+        "report under a file",
+        "report.json is a folder",
+        "device tpu",
+        "device meta",
+        "device malformed",
+        "cuda",
+        "dtype",
+        "negative size",
+        "suite file not utf-8",
+        "suite file bad record",
+    ],
+)
+def test_bad_check_inputs_are_refused_before_any_model_is_loaded(synth_trio, tmp_path, monkeypatch, case) -> None:
+    """Each of these used to fail only after both models ran (hours at 480B) or with a traceback."""
+    ref, fp8, _ = synth_trio
+    monkeypatch.setattr(pipeline, "run_qtools", _no_models)
+    existing = tmp_path / "existing.txt"
+    existing.write_text("not a directory")
+    (tmp_path / "reports" / "report.json").mkdir(parents=True)
+    suite = tmp_path / "suite.jsonl"
+    cuda = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    args, message = {
+        "report is a file": (["--report", str(existing)], "not a directory"),
+        "report under a file": (["--report", str(existing / "out")], "cannot create"),
+        "report.json is a folder": (["--report", str(tmp_path / "reports")], "report.json"),
+        "device tpu": (["--device", "tpu"], "cpu or cuda"),
+        "device meta": (["--device", "meta"], "cpu or cuda"),
+        "device malformed": (["--device", "cuda:x"], "cpu or cuda"),
+        "cuda": (["--device", cuda], "CUDA"),
+        "dtype": (["--dtype", "float16"], "--dtype"),
+        "negative size": (["--code-tokens", "-1"], "--code-tokens"),
+        "suite file not utf-8": (["--suite-file", str(suite)], "UTF-8"),
+        "suite file bad record": (["--suite-file", str(suite)], "suite.jsonl:1"),
+    }[case]
+    suite.write_bytes(
+        b"\xff\xfe\n"
+        if case == "suite file not utf-8"
+        else b'{"kind": "tools", "messages": [{"role": "user", "content": "hi"}], "expected_calls": "x"}\n'
+    )
+    result = CliRunner().invoke(app, ["check", str(ref), str(fp8), "--suite", "code,weights", *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+
+
+def test_run_check_refuses_an_unsupported_dtype(synth_trio, monkeypatch) -> None:
+    ref, fp8, _ = synth_trio
+    monkeypatch.setattr(pipeline, "run_qtools", _no_models)
+    with pytest.raises(QtoolsError, match="dtype"):
+        run_check(ref, fp8, suites=("weights",), dtype=torch.float16)
 
 
 def test_vllm_engine_says_how_to_install_it(synth_trio, monkeypatch) -> None:

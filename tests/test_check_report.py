@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from qtools.check.pipeline import CheckResult
 from qtools.check.report import write_reports
+from qtools.check.result import CheckResult
 from qtools.check.thresholds import Thresholds, evaluate
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -125,11 +125,11 @@ def test_reports_hold_every_headline_figure(tmp_path: Path) -> None:
     result = _result()
     files = write_reports(result, tmp_path / "out")
     assert set(files) == {"json", "markdown", "html"} and all(Path(path).is_file() for path in files.values())
-    report = json.loads((tmp_path / "out" / "report.json").read_text())  # strict JSON: NaN/inf replaced
+    report = json.loads((tmp_path / "out" / "report.json").read_text())  # strict JSON: NaN/inf as strings
     assert report["passed"] is False
     assert report["figures"]["distribution"]["kl"]["p99.9"] == 0.9
     assert report["figures"]["layers"]["per_layer"][2]["update_sqnr_db"] == "inf"
-    assert report["details"]["weights"][0]["noise"] is None
+    assert report["details"]["weights"][0]["noise"] == "nan"  # measured and broken; null means not measured
     assert report["meta"]["chat_template_sha256"] == "ab" * 32
     failed = {v["key"] for v in report["verdicts"] if v["status"] == "fail"}
     assert {"kl_mean", "top1_agreement", "ppl_ratio", "tool_valid_format_drop", "weight_sqnr_min_db"} <= failed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import qtools
 from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.recipe import RECIPES_DIR, Recipe, load_recipe, matches, shipped_recipes
+from qtools.runtime import load_model
+from qtools.verify import verify_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,3 +111,87 @@ def test_cli_takes_a_recipe_name_and_refuses_an_unknown_one(synth_checkpoint, tm
     assert (
         json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["format"] == "float-quantized"
     )
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ("[true, true]", "valid integer"),
+        ("[1e20, 128]", "valid integer"),
+        ("[100000000000000000000, 128]", "powers of two from 16 to 512"),
+        ("[128.0, 128]", "valid integer"),
+        ("['128', 128]", "valid integer"),
+        ("[0, 128]", "powers of two from 16 to 512"),
+        ("[-128, 128]", "powers of two from 16 to 512"),
+        ("[100, 128]", "powers of two from 16 to 512"),
+        ("[8, 8]", "powers of two from 16 to 512"),
+        ("[128]", "block_size"),
+        ("[128, 128, 128]", "block_size"),
+    ],
+    ids=[
+        "bools",
+        "1e20",
+        "huge int",
+        "float",
+        "string",
+        "zero",
+        "negative",
+        "not a power of two",
+        "tiny",
+        "one entry",
+        "three entries",
+    ],
+)
+def test_block_size_is_strict(tmp_path, block, message):
+    """[true, true] once became [1, 1] (an output larger than its source) and 1e20 was accepted."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"format: compressed-tensors\nblock_size: {block}\ntargets: [x]\n")
+    with pytest.raises(QtoolsError, match=f"block_size.*{message}"):
+        load_recipe(path)
+
+
+def test_hf_fp8_takes_128_blocks_only_and_compressed_tensors_other_powers_of_two(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("format: compressed-tensors\nblock_size: [64, 128]\ntargets: [x]\n")
+    assert load_recipe(path).block_size == (64, 128)
+    with pytest.raises(QtoolsError, match=r"hf-fp8.*\[128, 128\].*compressed-tensors"):
+        load_recipe(path, format_override="hf-fp8")
+    path.write_text("block_size: [256, 256]\ntargets: [x]\n")
+    with pytest.raises(QtoolsError, match=r"hf-fp8.*\[128, 128\]"):
+        load_recipe(path)
+
+
+UNEXPRESSIBLE = [
+    ("re:model\\.layers\\.\\d+\\.mlp\\.gate", "model.layers.0.mlp.gate", "router"),
+    ("lm_head", "lm_head", "lm_head"),
+    ("model.embed_tokens", "model.embed_tokens", "embedding"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["hf-fp8", "compressed-tensors"])
+@pytest.mark.parametrize("target, module, why", UNEXPRESSIBLE, ids=["router", "lm_head", "embed_tokens"])
+def test_recipe_quantising_what_the_format_cannot_express_is_refused_at_plan_time(
+    synth_checkpoint, tmp_path, fmt, target, module, why
+):
+    """The written config would list these modules as unconverted (or loaders would build them unquantised)
+    while the weights are FP8: our own verify rejects such an output. Refuse before writing anything."""
+    recipe = Recipe(format=fmt, targets=["re:.*self_attn\\.q_proj", target])
+    with pytest.raises(QtoolsError, match=f"{re.escape(module)}.*{fmt}.*{why}.*ignore"):
+        convert_checkpoint(synth_checkpoint, tmp_path / "out", recipe)
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_targeting_a_norm_is_refused(synth_checkpoint, tmp_path):
+    recipe = Recipe(targets=["re:.*self_attn\\.q_proj", "model.norm"])
+    with pytest.raises(QtoolsError, match="model.norm.weight.*2-D"):
+        convert_checkpoint(synth_checkpoint, tmp_path / "out", recipe)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compressed_tensors_with_other_power_of_two_blocks_converts_and_verifies(synth_checkpoint, tmp_path):
+    """The blocks compressed-tensors accepts beyond [128, 128] give an output verify and the runtime accept."""
+    shipped = load_recipe("fp8-block-compressed-tensors")
+    convert_checkpoint(synth_checkpoint, tmp_path / "out", shipped.model_copy(update={"block_size": (64, 32)}))
+    report = verify_checkpoint(tmp_path / "out")
+    assert report.ok, report.problems
+    assert load_model(tmp_path / "out").layer(0).mlp.experts[0].up_proj.block == (64, 32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from qtools._lazy import lazy_getattr
 
 _EXPORTS = {
-    "CheckResult": "qtools.check.pipeline",
+    "CheckResult": "qtools.check.result",
     "run_check": "qtools.check.pipeline",
     "SuiteSizes": "qtools.check.suites",
     "Thresholds": "qtools.check.thresholds",

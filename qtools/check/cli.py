@@ -32,6 +32,17 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
+def _suite_sizes(model: type, values: dict[str, int]) -> Any:
+    """`model(**values)` (SuiteSizes); QtoolsError naming the CLI option of each invalid value."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as error:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')} {e['input']}: {e['msg']}" for e in error.errors())
+        raise QtoolsError(problems) from None
+
+
 def check(
     ref: Annotated[Path, typer.Argument(help="reference (BF16) checkpoint directory, with its tokenizer")],
     quant: Annotated[Path, typer.Argument(help="quantised checkpoint directory to judge")],
@@ -78,7 +89,7 @@ def check(
         thresholds = Thresholds().with_overrides(fail_under or [])
         vllm_options = _parse_options(vllm_option or [])
         overrides = {"code_tokens": code_tokens, "tool_prompts": tool_prompts, "fim_prompts": fim_prompts}
-        sizes = SuiteSizes(**{key: value for key, value in overrides.items() if value is not None})
+        sizes = _suite_sizes(SuiteSizes, {key: value for key, value in overrides.items() if value is not None})
         result = run_check(
             ref,
             quant,
@@ -93,7 +104,9 @@ def check(
             suite_files=tuple(suite_file or ()),
             dtype=getattr(torch, dtype),
             vllm_options=vllm_options,
-            log=lambda message: console.print(f"[dim]{message}[/]"),
+            log=lambda message: console.print(
+                f"[bold yellow]{message}[/]" if message.startswith("warning:") else f"[dim]{message}[/]"
+            ),
         )
     except QtoolsError as error:
         console.print(f"[bold red]error:[/] {error}")
@@ -116,6 +129,8 @@ def check(
     Console().print(table)
     for kind, path in result.report_files.items():
         console.print(f"{kind} report: {path}")
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     if not result.passed:
         console.print(f"[bold red]FAILED[/]: {', '.join(v['key'] for v in result.failures)}")
         raise typer.Exit(code=1)

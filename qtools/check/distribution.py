@@ -86,16 +86,34 @@ class PairedForward:
 
 
 def summarize(tokens: TokenComparison, windows: int) -> dict:
-    """The distribution figures of the report: KL statistics and histogram, top-1 agreement, Δp, perplexities."""
+    """The distribution figures of the report: KL statistics and histogram, top-1 agreement, Δp, perplexities,
+    and how many tokens have a non-finite KL (a NaN or Inf logit; their NaN then fails every KL bound).
+    With no token scored every figure is None ("not measured"), never NaN."""
+    count = int(tokens.kl.numel())
+    kl = kl_summary(tokens.kl)
+    figures = {
+        "tokens": count,
+        "windows": windows,
+        "non_finite_tokens": int((~torch.isfinite(tokens.kl)).sum()),
+        "kl": kl if count else dict.fromkeys(kl),
+        "kl_histogram": log_histogram(tokens.kl),
+    }
+    if not count:
+        delta = dict.fromkeys(("mean", "p1", "median", "p99"))
+        return {
+            **figures,
+            "top1_agreement": None,
+            "delta_p": delta,
+            "ppl_ref": None,
+            "ppl_quant": None,
+            "ppl_ratio": None,
+        }
     ppl_ref, ppl_quant = perplexity(tokens.ref_nll), perplexity(tokens.quant_nll)
     return {
-        "tokens": int(tokens.kl.numel()),
-        "windows": windows,
-        "kl": kl_summary(tokens.kl),
-        "kl_histogram": log_histogram(tokens.kl),
-        "top1_agreement": float(tokens.top1_same.float().mean()) if tokens.kl.numel() else float("nan"),
+        **figures,
+        "top1_agreement": float(tokens.top1_same.float().mean()),
         "delta_p": {
-            "mean": float(tokens.delta_p.double().mean()) if tokens.kl.numel() else float("nan"),
+            "mean": float(tokens.delta_p.double().mean()),
             "p1": quantile(tokens.delta_p, 0.01),
             "median": quantile(tokens.delta_p, 0.5),
             "p99": quantile(tokens.delta_p, 0.99),

@@ -7,8 +7,6 @@ decoding then runs each resident model with a KV cache.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +17,8 @@ import torch
 
 from qtools.check.decode import greedy_decode
 from qtools.check.distribution import PairedForward, summarize
-from qtools.check.sqnr import compare_layer_weights, compare_resident_weights, layer_weight_summary, worst_modules
+from qtools.check.metrics import lowest_index
+from qtools.check.sqnr import compare_layer_weights, compare_resident_weights, layer_weight_summary, weights_section
 from qtools.check.workload import Workload
 from qtools.errors import QtoolsError
 from qtools.runtime import CheckpointLoader, Qwen3MoeModel
@@ -88,27 +87,16 @@ def layer_walk(
     figures: dict[str, Any] = {"layers": {"per_layer": per_layer}}
     if paired is not None:
         figures["distribution"] = summarize(paired.finish(valid_vocab), len(windows))
-        updates = [row["update_sqnr_db"] for row in per_layer]
-        figures["layers"]["update_sqnr_min_db"] = min(updates)
-        figures["layers"]["worst_layer_by_update"] = per_layer[updates.index(min(updates))]["layer"]
+        # NaN ranks lowest: a layer whose output went NaN is the worst layer, not one a minimum skips.
+        worst = per_layer[lowest_index([row["update_sqnr_db"] for row in per_layer])]
+        figures["layers"]["update_sqnr_min_db"] = worst["update_sqnr_db"]
+        figures["layers"]["worst_layer_by_update"] = worst["layer"]
     if weights:
         modules += compare_resident_weights(ref, quant)
         figures["weights"] = weights_section(modules)
-        mins = [row["weight_sqnr_min_db"] for row in per_layer]
-        figures["layers"]["worst_layer_by_weights"] = per_layer[mins.index(min(mins))]["layer"]
+        worst = per_layer[lowest_index([row["weight_sqnr_min_db"] for row in per_layer])]
+        figures["layers"]["worst_layer_by_weights"] = worst["layer"]
     return figures, modules
-
-
-def weights_section(modules: list[dict]) -> dict[str, Any]:
-    """Summary of per-module weight records: counts, lowest and median SQNR of changed modules, the worst."""
-    changed = [record["sqnr_db"] for record in modules if record["noise"] > 0]
-    return {
-        "modules": len(modules),
-        "modules_changed": len(changed),
-        "sqnr_min_db": min(changed, default=math.inf),
-        "sqnr_median_db": statistics.median(changed) if changed else math.inf,
-        "worst": worst_modules(modules),
-    }
 
 
 def run_qtools(

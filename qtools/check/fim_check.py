@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import statistics
 
+from qtools.check.metrics import difference
 from qtools.check.suites import FimPrompt
 from qtools.check.tools_check import text_diff
 
@@ -34,8 +35,9 @@ def compare_middles(prompts: list[FimPrompt], ref_texts: list[str], quant_texts:
         records.append(record)
     graded = [record for record in records if "truth" in record]
 
-    def mean(key: str, rows: list[dict]) -> float:
-        return statistics.fmean(float(row[key]) for row in rows) if rows else float("nan")
+    def mean(key: str, rows: list[dict]) -> float | None:
+        # None over no rows: nothing to grade is "not measured", never NaN (which fails a threshold).
+        return statistics.fmean(float(row[key]) for row in rows) if rows else None
 
     return {
         "count": len(records),
@@ -43,7 +45,7 @@ def compare_middles(prompts: list[FimPrompt], ref_texts: list[str], quant_texts:
         "same_as_reference": mean("same_as_reference", records),
         "exact_ref": mean("ref_exact", graded),
         "exact_quant": mean("quant_exact", graded),
-        "exact_drop": mean("ref_exact", graded) - mean("quant_exact", graded),
+        "exact_drop": difference(mean("ref_exact", graded), mean("quant_exact", graded)),
         "similarity_ref": mean("ref_similarity", graded),
         "similarity_quant": mean("quant_similarity", graded),
         "flips": sum(1 for row in graded if row["ref_exact"] != row["quant_exact"]),

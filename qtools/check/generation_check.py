@@ -35,9 +35,9 @@ def compare_continuations(ref: list[list[int]], quant: list[list[int]]) -> dict:
     ]
     return {
         "prompts": len(positions),
-        "exact_match_rate": (len(positions) - len(diverged)) / len(positions) if positions else float("nan"),
+        "exact_match_rate": (len(positions) - len(diverged)) / len(positions) if positions else None,
         "first_divergence_median": statistics.median(diverged) if diverged else None,
         "first_divergence_mean": statistics.fmean(diverged) if diverged else None,
-        "matched_prefix_share": statistics.fmean(shares) if shares else float("nan"),
+        "matched_prefix_share": statistics.fmean(shares) if shares else None,
         "first_divergence": positions,
     }

@@ -78,6 +78,11 @@ def compare_tokens(
     )
 
 
+def difference(a: float | None, b: float | None) -> float | None:
+    """a - b, or None ("not measured") when either is None."""
+    return None if a is None or b is None else a - b
+
+
 def quantile(values: torch.Tensor, q: float) -> float:
     """The q-quantile of values [N] with linear interpolation between order statistics (numpy's default);
     NaN when empty. Sorts instead of `torch.quantile`, which refuses more than 16M elements."""
@@ -100,8 +105,14 @@ def kl_summary(kl: torch.Tensor) -> dict[str, float]:
 
 
 def perplexity(nll: torch.Tensor) -> float:
-    """exp(mean negative log-likelihood) over nll [N] (nats); NaN when empty."""
-    return math.exp(float(nll.double().mean())) if nll.numel() else math.nan
+    """exp(mean negative log-likelihood) over nll [N] (nats); NaN when empty, inf past float64's range (a
+    broken model's logits of 1e30 give such NLLs)."""
+    if not nll.numel():
+        return math.nan
+    try:
+        return math.exp(float(nll.double().mean()))
+    except OverflowError:
+        return math.inf
 
 
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
@@ -121,12 +132,33 @@ def energies(reference: torch.Tensor, approximation: torch.Tensor) -> tuple[floa
 
 
 def sqnr_from_energies(signal: float, noise: float) -> float:
-    """10 log10(signal / noise) dB; inf for zero noise, -inf for zero signal with noise."""
+    """10 log10(signal / noise) dB; inf for zero noise, -inf for zero signal with noise or for infinite noise
+    (an Inf in the approximation); NaN when either energy is NaN or the signal is infinite (a NaN in either
+    tensor, an Inf in the reference): no ratio to report, and `worst_first` ranks it below everything."""
+    if math.isnan(signal) or math.isnan(noise) or math.isinf(signal):
+        return math.nan
     if noise == 0.0:
         return math.inf
-    if signal == 0.0:
+    if signal == 0.0 or math.isinf(noise):
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+def worst_first(value: float) -> tuple[int, float]:
+    """Sort key that orders figures lowest first with NaN before everything, -inf included: a NaN figure is
+    a measurement that went wrong (a NaN weight or logit), never one that a minimum may silently drop."""
+    return (0, 0.0) if math.isnan(value) else (1, value)
+
+
+def lowest(values: list[float]) -> float:
+    """The lowest of `values`, NaN when any is NaN (Python's `min` drops NaN unless it comes first); inf when
+    empty."""
+    return min(values, key=worst_first, default=math.inf)
+
+
+def lowest_index(values: list[float]) -> int:
+    """Index of the first lowest of `values` (non-empty), NaN counting as the lowest."""
+    return min(range(len(values)), key=lambda index: worst_first(values[index]))
 
 
 def log_histogram(values: torch.Tensor, low: float = 1e-6, high: float = 10.0, bins_per_decade: int = 4) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from qtools.check.decode import decode_text
 from qtools.check.engine_qtools import EngineRun, run_qtools
 from qtools.check.fim_check import compare_middles
 from qtools.check.generation_check import compare_continuations
+from qtools.check.preflight import check_device, check_dtype, check_pair, prepare_report_dir
+from qtools.check.result import CheckResult
 from qtools.check.suites import SUITE_NAMES, SuiteSizes
 from qtools.check.thresholds import Thresholds, evaluate
 from qtools.check.tools_check import compare_tool_replies
@@ -32,40 +33,6 @@ from qtools.check.workload import Workload, build_workload
 from qtools.errors import QtoolsError
 
 ENGINES = ("qtools", "vllm")
-
-
-@dataclass
-class CheckResult:
-    """Everything a check found: `figures` (summary numbers by section), `details` (per-prompt and per-module
-    records), threshold `verdicts`, `meta` (versions, seeds, template hash, settings) and `timings_s`."""
-
-    figures: dict[str, Any]
-    details: dict[str, Any]
-    verdicts: list[dict]
-    meta: dict[str, Any]
-    timings_s: dict[str, float] = field(default_factory=dict)
-    report_files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        """True when no threshold failed."""
-        return not any(verdict["status"] == "fail" for verdict in self.verdicts)
-
-    @property
-    def failures(self) -> list[dict]:
-        """The verdicts that failed."""
-        return [verdict for verdict in self.verdicts if verdict["status"] == "fail"]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report.json content (floats not yet made JSON-safe)."""
-        return {
-            "passed": self.passed,
-            "verdicts": self.verdicts,
-            "figures": self.figures,
-            "meta": self.meta,
-            "timings_s": self.timings_s,
-            "details": self.details,
-        }
 
 
 def _versions() -> dict[str, str]:
@@ -137,6 +104,26 @@ def compare_replies(work: Workload, run: EngineRun) -> tuple[dict[str, Any], dic
     return figures, details
 
 
+def outcome_warnings(figures: dict[str, Any], verdicts: list[dict]) -> list[str]:
+    """Warnings a check's figures raise about the comparison itself: two models that do not differ at all
+    (the same weights under two names: nothing was checked) and a gate that evaluated no threshold."""
+    warnings = []
+    weights, distribution = figures.get("weights"), figures.get("distribution")
+    same = []
+    if weights:
+        same.append(weights["modules_changed"] == 0)
+    if distribution and distribution["tokens"]:
+        same.append(distribution["kl"]["max"] == 0.0)
+    if same and all(same):
+        warnings.append(
+            "the two checkpoints look identical (no compared weight differs / every scored token has KL 0): "
+            "nothing was checked; is the second argument really the quantised checkpoint?"
+        )
+    if not any(verdict["status"] in ("pass", "fail") for verdict in verdicts):
+        warnings.append("no threshold was evaluated (every gated figure was skipped or off): the pass means nothing")
+    return warnings
+
+
 def run_check(
     ref: str | Path,
     quant: str | Path,
@@ -159,7 +146,10 @@ def run_check(
     engine "qtools": both models run by the project runtime on `device` in `dtype`; `stream_layers` keeps
     one decoder layer of each in memory, for the teacher-forced suites (code, weights) only. engine "vllm":
     generation and top-k log-probabilities through vLLM, `vllm_options` passed to `vllm.LLM` (weights still
-    compared by the runtime on `device`). Raises QtoolsError for unusable input or a missing vLLM.
+    compared by the runtime on `device`). Raises QtoolsError for unusable input or a missing vLLM, before
+    any model is loaded (`preflight`): a checkpoint checked against itself, a device or dtype the runtime
+    cannot use, a report directory that cannot be written. Warnings about the comparison itself (swapped
+    arguments, identical models, nothing gated) are logged and kept in `meta["warnings"]`.
     """
     ref, quant = Path(ref), Path(quant)
     say = log or (lambda message: None)
@@ -175,6 +165,13 @@ def run_check(
             "--stream-layers runs the teacher-forced suites only (code, weights): greedy decoding would re-read "
             "every layer for every token. Pass --suite code,weights, or use --engine vllm for tools and fim"
         )
+    check_device(device)
+    check_dtype(dtype)
+    warnings = check_pair(ref, quant)
+    for warning in warnings:
+        say(f"warning: {warning}")
+    if report_dir is not None:
+        prepare_report_dir(Path(report_dir))
     clock = _Clock(say)
     if engine == "vllm":
         from qtools.check.engine_vllm import require_vllm
@@ -222,9 +219,13 @@ def run_check(
         "torch_threads": torch.get_num_threads(),
         "thresholds": thresholds.model_dump(),
     }
+    verdicts = evaluate(thresholds, figures)
+    meta["warnings"] = warnings + outcome_warnings(figures, verdicts)
+    for warning in meta["warnings"][len(warnings) :]:
+        say(f"warning: {warning}")
     clock.lap("compare")
     clock.timings["total"] = round(sum(clock.timings.values()), 2)
-    result = CheckResult(figures, details, evaluate(thresholds, figures), meta, clock.timings)
+    result = CheckResult(figures, details, verdicts, meta, clock.timings)
     if report_dir is not None:
         from qtools.check.report import write_reports
 

@@ -8,10 +8,11 @@ format the runtime loads is compared the same way, one decoder layer at a time.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from qtools.check.metrics import energies, sqnr_from_energies
+from qtools.check.metrics import energies, lowest, sqnr_from_energies, worst_first
 from qtools.runtime import DecoderLayer, Qwen3MoeModel
 from qtools.runtime.weights import RuntimeLinear
 
@@ -55,19 +56,42 @@ def compare_resident_weights(ref: Qwen3MoeModel, quant: Qwen3MoeModel) -> list[d
     return [embed, _module_record("lm_head", ref.lm_head.dequantize(torch.float32), quant.lm_head)]
 
 
+def _changed(records: list[dict]) -> list[dict]:
+    # `!= 0` rather than `> 0`: NaN noise (a NaN in a dequantised weight) is a change, the worst there is.
+    return [record for record in records if record["noise"] != 0.0]
+
+
 def layer_weight_summary(records: list[dict]) -> dict:
-    """Per-layer figures from module records: the lowest module SQNR, the energy-weighted SQNR of the whole
-    layer, and how many modules differ from the reference at all."""
-    changed = [record for record in records if record["noise"] > 0]
+    """Per-layer figures from module records: the lowest module SQNR (NaN when any module's is NaN), the
+    energy-weighted SQNR of the whole layer, and how many modules differ from the reference at all."""
     return {
-        "weight_sqnr_min_db": min((record["sqnr_db"] for record in records), default=math.inf),
+        "weight_sqnr_min_db": lowest([record["sqnr_db"] for record in records]),
         "weight_sqnr_db": sqnr_from_energies(sum(r["signal"] for r in records), sum(r["noise"] for r in records)),
         "modules": len(records),
-        "modules_changed": len(changed),
+        "modules_changed": len(_changed(records)),
     }
 
 
 def worst_modules(records: list[dict], count: int = 10) -> list[dict]:
-    """The `count` changed modules with the lowest SQNR, lowest first."""
-    changed = [record for record in records if record["noise"] > 0]
-    return sorted(changed, key=lambda record: record["sqnr_db"])[:count]
+    """The `count` changed modules with the lowest SQNR, lowest first; NaN (non-finite noise) before all."""
+    return sorted(_changed(records), key=lambda record: worst_first(record["sqnr_db"]))[:count]
+
+
+def _median(ordered: list[float]) -> float:
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def weights_section(modules: list[dict]) -> dict[str, Any]:
+    """Summary of per-module weight records: counts, lowest and median SQNR of changed modules (NaN ranked
+    lowest), the worst modules; inf when nothing changed."""
+    changed = sorted((record["sqnr_db"] for record in _changed(modules)), key=worst_first)
+    return {
+        "modules": len(modules),
+        "modules_changed": len(changed),
+        "sqnr_min_db": changed[0] if changed else math.inf,
+        "sqnr_median_db": _median(changed) if changed else math.inf,
+        "worst": worst_modules(modules),
+    }

@@ -125,6 +125,38 @@ def toy_tool_prompts(count: int, rng: random.Random) -> list[ToolPrompt]:
     return prompts
 
 
+# JSON types of a suite record's fields, by kind (None: the field may be null or absent).
+_FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "code": {"text": (str,), "name": (str, type(None))},
+    "tools": {"messages": (list,), "tools": (list, type(None)), "expected_calls": (list, type(None))},
+    "fim": {"prefix": (str,), "suffix": (str,), "middle": (str, type(None))},
+}
+
+
+def _check_types(record: Any) -> None:
+    """TypeError/ValueError unless `record` has the JSON types the suite format gives (see module doc), so a
+    bad record is refused while the file is read, not after both models have run."""
+    if not isinstance(record, dict):
+        raise TypeError("a record is a JSON object")
+    for field_name, types in _FIELD_TYPES.get(record.get("kind"), {}).items():
+        if not isinstance(record.get(field_name), types):
+            names = {str: "a string", list: "a list", type(None): "null"}
+            raise TypeError(f"{field_name!r} must be {' or '.join(names[t] for t in types)}")
+    if not isinstance(record.get("id", ""), str):
+        raise TypeError("'id' must be a string")
+    if record.get("kind") != "tools":
+        return
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in record["messages"]):
+        raise TypeError("each message is an object with a string 'role'")
+    if not all(isinstance(tool, dict) for tool in record.get("tools") or []):
+        raise TypeError("each tool is an object (an OpenAI-style function schema)")
+    for call in record.get("expected_calls") or []:
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str)):
+            raise TypeError("each expected call is an object with a string 'name'")
+        if not isinstance(call.get("arguments", {}), dict):
+            raise TypeError("an expected call's 'arguments' is an object")
+
+
 def read_suite_file(path: Path) -> Suites:
     """Parse a user JSONL suite file (format in the module docstring); QtoolsError names the bad line."""
     suites = Suites(sources={"file": str(path)})
@@ -132,12 +164,15 @@ def read_suite_file(path: Path) -> Suites:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise QtoolsError(f"{path}: cannot read suite file ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise QtoolsError(f"{path}: a suite file is UTF-8 JSONL; byte {error.start} is not UTF-8") from error
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
+            _check_types(record)
             kind = record["kind"]
             if kind == "code":
                 suites.code.append(CodeFile(record.get("name", where), str(record["text"])))

@@ -2,7 +2,9 @@
 
 Each key bounds one figure of the report. *min* keys fail when the figure is below the value, *max* keys (KL,
 perplexity ratio, drops, flip rates) when it is above. `KEY=off` disables a key. A key whose figure was not
-measured (its suite did not run) is reported as skipped, never as a failure. The defaults pass an FP8
+measured (its suite did not run, or had nothing to grade: the figure is absent or None) is reported as
+skipped, never as a failure; a measured figure that is NaN (a NaN weight, logit or hidden state) fails every
+bound, and infinities compare as numbers (inf SQNR of identical weights passes, inf KL fails). The defaults pass an FP8
 block-wise conversion of the toy model with margin and fail a checkpoint with one damaged layer (see
 docs/check.md for the figures they were calibrated on); for INT4 or other lossier schemes pass your own.
 """
@@ -111,16 +113,19 @@ def lookup(figures: dict, path: str) -> float | None:
 
 
 def evaluate(thresholds: Thresholds, figures: dict) -> list[dict]:
-    """One verdict per key: `status` is "pass", "fail", "skipped" (figure not measured: its suite did not run
-    or had nothing to grade, NaN) or "off" (no bound)."""
+    """One verdict per key: `status` is "pass", "fail" (also for a NaN figure: measured, and broken),
+    "skipped" (figure not measured: its suite did not run or had nothing to grade, so it is absent or None)
+    or "off" (no bound)."""
     verdicts = []
     for key, bound in BOUNDS.items():
         limit = getattr(thresholds, key)
         value = lookup(figures, bound.figure)
         if limit is None:
             status = "off"
-        elif value is None or math.isnan(value):
+        elif value is None:
             status = "skipped"
+        elif math.isnan(value):
+            status = "fail"
         else:
             status = "pass" if (value >= limit if bound.direction == "min" else value <= limit) else "fail"
         verdicts.append(

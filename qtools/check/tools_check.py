@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from qtools.chat import FORMAT_ERRORS, parse_tool_calls
+from qtools.check.metrics import difference
 from qtools.check.suites import ToolPrompt
 
 
@@ -79,8 +80,9 @@ def compare_tool_replies(prompts: list[ToolPrompt], ref_texts: list[str], quant_
     return {**tool_rates(records), "prompts": records}
 
 
-def _rate(records: list[dict], test) -> float:
-    return sum(1 for record in records if test(record)) / len(records) if records else float("nan")
+def _rate(records: list[dict], test) -> float | None:
+    # None, not NaN, over no records: nothing to grade is "not measured" (skipped by thresholds), NaN is not.
+    return sum(1 for record in records if test(record)) / len(records) if records else None
 
 
 def tool_rates(records: list[dict]) -> dict:
@@ -95,7 +97,7 @@ def tool_rates(records: list[dict]) -> dict:
         "graded": len(graded),
         "valid_format_ref": valid_ref,
         "valid_format_quant": valid_quant,
-        "valid_format_drop": valid_ref - valid_quant,
+        "valid_format_drop": difference(valid_ref, valid_quant),
         "same_text": _rate(records, lambda r: r["same_text"]),
         "same_name": _rate(records, lambda r: r["same_name"]),
         "same_arguments": _rate(records, lambda r: r["same_arguments"]),

@@ -10,7 +10,7 @@ from qtools.checkpoint.hf import INDEX_NAME, Checkpoint
 from qtools.checkpoint.qwen3_moe import check_against_config, expected_shapes
 from qtools.checkpoint.safetensors_io import TensorInfo, TensorSpec
 from qtools.errors import QtoolsError, some_names
-from qtools.formats.fp8_block import FORMATS
+from qtools.formats.fp8_block import FORMATS, Fp8BlockFormat
 from qtools.recipe import Recipe
 
 
@@ -52,12 +52,24 @@ def check_complete(checkpoint: Checkpoint) -> None:
         )
 
 
+def _check_expressible(fmt: Fp8BlockFormat, module: str, recipe: Recipe) -> None:
+    """QtoolsError when the recipe quantises a module that `fmt` cannot hold quantised (see `cannot_hold`)."""
+    reason = fmt.cannot_hold(module)
+    if reason:
+        raise QtoolsError(
+            f"the recipe quantises {module!r}, which {fmt.name} cannot express: {reason}; add it to the recipe's "
+            f"ignore list (the shipped recipes ignore lm_head, model.embed_tokens, 're:.*\\.mlp\\.gate' and "
+            f"'re:.*norm')"
+        )
+
+
 def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
     """Decide every tensor's fate from headers and config.json; raise QtoolsError on any inconsistency.
 
     Checks: config.json is a usable Qwen3-MoE config (`Checkpoint.model_config`), the index holds every tensor it
     implies, shard headers are valid and hold exactly what the index says, tensor shapes agree with config.json,
-    every quantised tensor is a 2-D floating-point `.weight`, and the recipe matches at least one tensor.
+    every quantised tensor is a 2-D floating-point `.weight` of a module the output format can hold quantised (not
+    the router, lm_head or the embedding), and the recipe matches at least one tensor.
     """
     fmt = FORMATS[recipe.format]
     config = checkpoint.model_config
@@ -81,6 +93,7 @@ def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
             module = name.removesuffix(".weight")
             wanted = name.endswith(".weight") and recipe.quantizes(module)
             if wanted:
+                _check_expressible(fmt, module, recipe)
                 if not info.dtype.is_floating_point or info.dtype == torch.float8_e4m3fn or len(info.shape) != 2:
                     raise QtoolsError(
                         f"{checkpoint.root / shard}: tensor {name!r} is {info.dtype} {list(info.shape)}; "

@@ -6,6 +6,7 @@ with the same multiply-to-dequantise meaning; they differ in the scale's tensor 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from qtools.checkpoint.safetensors_io import TensorSpec
 from qtools.numerics.fp8 import FP8_DTYPE, scale_shape
 
 SCALE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_ROUTER = re.compile(r"model\.layers\.\d+\.mlp\.gate")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,29 @@ class Fp8BlockFormat:
             TensorSpec(f"{module}.weight", FP8_DTYPE, tuple(shape)),
             TensorSpec(f"{module}.{self.scale_suffix}", SCALE_DTYPES[scale_dtype], scale_shape(shape, block)),
         )
+
+    def cannot_hold(self, module: str) -> str | None:
+        """Why this format cannot store linear module `module` quantised (None when it can).
+
+        Both formats keep the router, lm_head and the embedding in BF16. The configs written here list them as
+        unconverted (hf-fp8's `modules_to_not_convert` always names lm_head and every router, as the official
+        release does; compressed-tensors' `ignore` always names lm_head and the embedding), and loaders build
+        them unquantised whatever the config says, so FP8 codes there would contradict the config (verify
+        rejects it) and fail to load. Norms are 1-D and refused earlier: only 2-D weights can be quantised.
+        """
+        if _ROUTER.fullmatch(module):
+            return (
+                "the MoE router (mlp.gate) stays BF16: vLLM and SGLang build it unquantised, and a quantised "
+                "router fails to load"
+            )
+        if module == "lm_head":
+            return (
+                "lm_head stays BF16: the written config lists it as not converted and the loaders' LM head "
+                "takes no FP8 block scales"
+            )
+        if module == "model.embed_tokens":
+            return "the token embedding is no linear layer: no FP8 block loader quantises it"
+        return None
 
     def quantization_config(
         self, block: tuple[int, int], kept_modules: list[str], num_layers: int, version: str

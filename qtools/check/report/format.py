@@ -6,14 +6,15 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 VERDICT_HEADER = ["key", "bound", "threshold", "value", "status"]
 WORST_HEADER = ["module", "format", "SQNR dB"]
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    """A figure as text: `digits` significant digits, 'inf' / 'n/a' for non-finite or missing values."""
+    """A figure as text: `digits` significant digits; 'nan' / 'inf' / '-inf' for non-finite figures, 'n/a' for
+    missing ones (not measured)."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -22,7 +23,7 @@ def fmt(value: Any, digits: int = 4) -> str:
         return str(value)
     if isinstance(value, float):
         if math.isnan(value):
-            return "n/a"
+            return "nan"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
         return f"{value:.{digits}g}"
@@ -30,9 +31,11 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def pct(value: Any) -> str:
-    """A rate in [0, 1] as a percentage with one decimal."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+    """A rate in [0, 1] as a percentage with one decimal ('nan' for NaN, 'n/a' when not measured)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
         return "n/a"
+    if math.isnan(value):
+        return "nan"
     return f"{100 * value:.1f}%"
 
 
@@ -44,6 +47,11 @@ def headline(figures: dict) -> list[tuple[str, str]]:
         kl = distribution["kl"]
         rows += [
             ("tokens scored", fmt(distribution["tokens"])),
+            *(
+                [("tokens with a non-finite KL (NaN/Inf logits)", fmt(distribution["non_finite_tokens"]))]
+                if distribution.get("non_finite_tokens")
+                else []
+            ),
             ("KL mean / median (nats)", f"{fmt(kl['mean'])} / {fmt(kl['median'])}"),
             ("KL p99 / p99.9 / max", f"{fmt(kl['p99'])} / {fmt(kl['p99.9'])} / {fmt(kl['max'])}"),
             ("top-1 agreement", pct(distribution["top1_agreement"])),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from qtools.check.report.format import (
 from qtools.check.report.svg import bar_chart, histogram
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1000px; }
@@ -30,6 +31,7 @@ td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 tr.fail td { background: #fde7e6; } tr.pass td { background: #eaf6ec; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; font-size: 12px; }
 .meta { color: #555; font-size: 13px; }
+.warning { background: #fff4d6; border-left: 4px solid #c98a00; padding: 6px 10px; }
 """
 LAYER_SERIES = {
     "update_sqnr_db": "layer update (same input)",
@@ -65,7 +67,7 @@ def _plots(figures: dict) -> list[str]:
         if per_layer and key in per_layer[0]
     }
     if series:
-        finite = [v for values in series.values() for v in values if v is not None and v != float("inf")]
+        finite = [v for values in series.values() for v in values if v is not None and math.isfinite(v)]
         cap = max(finite, default=60.0) + 10.0
         out.append(bar_chart("Per-layer SQNR (dB)", [str(row["layer"]) for row in per_layer], series, "dB", cap=cap))
     tools, fim = figures.get("tools"), figures.get("fim")
@@ -142,6 +144,7 @@ def render_html(result: CheckResult) -> str:
         [
             f"<h1 class={'pass' if result.passed else 'fail'}>qtools check: {escape(verdict)}</h1>",
             f"<p class=meta>{escape(info)}</p>",
+            *(f"<p class=warning><b>Warning:</b> {escape(warning)}</p>" for warning in result.warnings),
             "<h2>Thresholds</h2>",
             verdicts,
             "<h2>Figures</h2>",

@@ -1,4 +1,5 @@
-"""report.json: the whole `CheckResult` as strict JSON (NaN -> null, ±inf -> "inf" / "-inf")."""
+"""report.json: the whole `CheckResult` as strict JSON (NaN -> "nan", ±inf -> "inf" / "-inf"; null is a figure
+that was not measured)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 
 def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float replaced (NaN by None, infinities by "inf"/"-inf"), recursively."""
+    """`value` with every non-finite float replaced by "nan", "inf" or "-inf", recursively (None stays null:
+    "not measured", which a NaN measurement is not)."""
     if isinstance(value, float):
         if math.isnan(value):
-            return None
+            return "nan"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
         return value

@@ -18,7 +18,7 @@ from qtools.check.report.format import (
 )
 
 if TYPE_CHECKING:
-    from qtools.check.pipeline import CheckResult
+    from qtools.check.result import CheckResult
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -47,6 +47,7 @@ def render_markdown(result: CheckResult) -> str:
         "(the tokenizer's size) masked to -inf in both models before the softmax",
         f"- run time {fmt(result.timings_s.get('total'))} s",
         "",
+        *(f"> **Warning:** {warning}\n" for warning in result.warnings),
         "## Thresholds",
         "",
     ]
