@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, Qwen3MoeForCausalLM
 from qtools.chat import chat_template_sha256, load_chat_template, render_chat
 from qtools.errors import QtoolsError
 from qtools.toy.architecture import config_dict, hf_config, padded_vocab_size
-from qtools.toy.cache import KEY_FILE, toy_cache_key
+from qtools.toy.key import KEY_FILE, toy_cache_key
 from qtools.toy.code_corpus import CodeFile, load_code_files
 from qtools.toy.conversations import Chat
 from qtools.toy.data import Sample, code_rows, generate_chats, pack_samples, tokenize_chat, training_batches

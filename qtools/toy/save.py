@@ -4,22 +4,22 @@ transformers 5 keeps experts fused in memory (`mlp.experts.gate_up_proj` (E, 2I,
 (E, H, I)); the checkpoint holds one tensor per expert and projection,
 `model.layers.{L}.mlp.experts.{E}.{gate,up,down}_proj.weight`, in bfloat16, split over several safetensors shards
 with a `model.safetensors.index.json`. The files are written here from the state dict, in a fixed tensor order,
-so the same weights always give byte-identical files.
+through the project's checkpoint writer, so the same weights always give byte-identical files.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+
+from qtools.checkpoint.safetensors_io import TensorSpec
+from qtools.checkpoint.writer import write_json, write_sharded_checkpoint
 
 FUSED_EXPERTS = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
-INDEX_FILE = "model.safetensors.index.json"
 
 
 def per_expert_tensors(state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -40,41 +40,15 @@ def per_expert_tensors(state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[st
                 yield f"{prefix}.{expert}.down_proj.weight", weight
 
 
-def _shards(tensors: list[tuple[str, torch.Tensor]], shard_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
-    """Consecutive groups of tensors, each at most `shard_bytes` unless a single tensor is larger."""
-    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
-    size = 0
-    for name, tensor in tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, tensor))
-        size += nbytes
-    return shards
-
-
 def save_weights(model: torch.nn.Module, out_dir: Path, shard_bytes: int, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Write `model`'s weights as per-expert `dtype` tensors in shards of at most `shard_bytes`, plus the index.
 
     Returns the index (`metadata.total_size` in bytes, `weight_map` name -> shard file).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = [
         (name, tensor.detach().to(dtype).contiguous()) for name, tensor in per_expert_tensors(model.state_dict())
     ]
-    shards = _shards(tensors, shard_bytes)
-    weight_map: dict[str, str] = {}
-    total = 0
-    for number, shard in enumerate(shards, start=1):
-        filename = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        save_file(dict(shard), str(out_dir / filename), metadata={"format": "pt"})
-        for name, tensor in shard:
-            weight_map[name] = filename
-            total += tensor.numel() * tensor.element_size()
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    return index
+    return write_sharded_checkpoint(out_dir, [TensorSpec.of(name, t) for name, t in tensors], tensors, shard_bytes)
 
 
 def generation_config_dict(eos_id: int, pad_id: int) -> dict[str, Any]:
@@ -94,6 +68,5 @@ def generation_config_dict(eos_id: int, pad_id: int) -> dict[str, Any]:
 def save_configs(out_dir: Path, config: dict[str, Any], eos_id: int, pad_id: int) -> None:
     """Write `config.json` and `generation_config.json`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    generation = generation_config_dict(eos_id, pad_id)
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "generation_config.json", generation_config_dict(eos_id, pad_id))
