@@ -25,6 +25,7 @@ from qtools.check import pipeline
 from qtools.check.damage import damage_experts
 from qtools.check.decode import greedy_decode
 from qtools.check.pipeline import run_check
+from qtools.check.preflight import check_dtype
 from qtools.check.suites import SuiteSizes, heldout_code
 from qtools.check.thresholds import Thresholds
 from qtools.cli import app
@@ -269,6 +270,12 @@ def test_run_check_refuses_an_unsupported_dtype(synth_trio, monkeypatch) -> None
         run_check(ref, fp8, suites=("weights",), dtype=torch.float16)
 
 
+def test_auto_dtype_is_float32_on_cpu_and_bfloat16_on_cuda() -> None:
+    assert check_dtype(None, "cpu") == torch.float32
+    assert check_dtype(None, "cuda:0") == torch.bfloat16
+    assert check_dtype(torch.bfloat16, "cpu") == torch.bfloat16
+
+
 def test_vllm_engine_says_how_to_install_it(synth_trio, monkeypatch) -> None:
     ref, fp8, _ = synth_trio
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
@@ -309,7 +316,8 @@ class _FakeLLM:
 
 def test_vllm_engine_glue_against_a_stand_in(synth_trio, monkeypatch) -> None:
     ref, fp8, _ = synth_trio
-    qtools_engine = _check(ref, fp8, suites=("code", "tools"))
+    # the stand-in, like vLLM, computes in bfloat16: compare it with the runtime in the same dtype
+    qtools_engine = _check(ref, fp8, suites=("code", "tools"), dtype=torch.bfloat16)
     fake = types.ModuleType("vllm")
     _FakeLLM.valid_vocab = qtools_engine.meta["valid_vocab"]
     fake.LLM = _FakeLLM

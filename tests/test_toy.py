@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen3MoeForCausalLM
 from qtools.chat import load_chat_template, parse_tool_calls, render_chat
 from qtools.generation import generate
 from qtools.toy import GATE_FILE, ToyArchitecture, ToyRecipe, build_toy_model
+from qtools.toy.key import normalised_source
 from qtools.toy.tokenizer import SPECIAL_TOKENS
 
 TINY = ToyRecipe(
@@ -161,3 +162,11 @@ def test_sampled_generation_follows_the_generation_config(toy_model_dir: Path) -
     assert generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=True, generation_config=one_choice) == (
         greedy
     )
+
+
+def test_key_ignores_docstrings_comments_and_layout() -> None:
+    original = b'"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # why\n'
+    edited = b'"""Another text."""\n\n\ndef f(x):\n    """Other doc."""\n    # a comment\n    return (x + 1)\n'
+    changed = b'"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 2\n'
+    assert normalised_source(original) == normalised_source(edited)
+    assert normalised_source(original) != normalised_source(changed)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from qtools.errors import QtoolsError
 
-DTYPES = ("bfloat16", "float32")
+DTYPES = ("auto", "bfloat16", "float32")
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -69,7 +69,9 @@ def check(
     stream_layers: Annotated[
         bool, typer.Option(help="keep one decoder layer of each model in memory (code and weights suites only)")
     ] = False,
-    dtype: Annotated[str, typer.Option(help="compute dtype: bfloat16 (as served) or float32")] = "bfloat16",
+    dtype: Annotated[
+        str, typer.Option(help="compute dtype: auto (float32 on cpu, bfloat16 on cuda), bfloat16 or float32")
+    ] = "auto",
     code_tokens: Annotated[int | None, typer.Option(help="held-out code tokens to score")] = None,
     tool_prompts: Annotated[int | None, typer.Option(help="most tool prompts to decode")] = None,
     fim_prompts: Annotated[int | None, typer.Option(help="FIM prompts to decode")] = None,
@@ -102,7 +104,7 @@ def check(
             sizes=sizes,
             seed=seed,
             suite_files=tuple(suite_file or ()),
-            dtype=getattr(torch, dtype),
+            dtype=None if dtype == "auto" else getattr(torch, dtype),
             vllm_options=vllm_options,
             log=lambda message: console.print(
                 f"[bold yellow]{message}[/]" if message.startswith("warning:") else f"[dim]{message}[/]"

@@ -136,14 +136,15 @@ def run_check(
     sizes: SuiteSizes | None = None,
     seed: int = 0,
     suite_files: tuple[Path, ...] = (),
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     vllm_options: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CheckResult:
     """Compare checkpoint `quant` with reference `ref` on `suites` (code, tools, fim, weights), evaluate
     `thresholds` (default `Thresholds()`), and write report.json/.md/.html into `report_dir` when given.
 
-    engine "qtools": both models run by the project runtime on `device` in `dtype`; `stream_layers` keeps
+    engine "qtools": both models run by the project runtime on `device` in `dtype` (None: float32 on a CPU,
+    bfloat16 on a GPU, see `preflight.check_dtype`); `stream_layers` keeps
     one decoder layer of each in memory, for the teacher-forced suites (code, weights) only. engine "vllm":
     generation and top-k log-probabilities through vLLM, `vllm_options` passed to `vllm.LLM` (weights still
     compared by the runtime on `device`). Raises QtoolsError for unusable input or a missing vLLM, before
@@ -166,7 +167,7 @@ def run_check(
             "every layer for every token. Pass --suite code,weights, or use --engine vllm for tools and fim"
         )
     check_device(device)
-    check_dtype(dtype)
+    dtype = check_dtype(dtype, device)
     warnings = check_pair(ref, quant)
     for warning in warnings:
         say(f"warning: {warning}")

@@ -44,10 +44,16 @@ def check_device(device: str) -> torch.device:
     return parsed
 
 
-def check_dtype(dtype: torch.dtype) -> None:
-    """QtoolsError unless `dtype` is a compute dtype the check supports (bfloat16 as served, or float32)."""
+def check_dtype(dtype: torch.dtype | None, device: str) -> torch.dtype:
+    """The compute dtype to run in: `dtype` when it is one the check supports (bfloat16 as served, or float32);
+    for None ("auto"), float32 on a CPU and bfloat16 on a GPU. CPUs with and without avx512_bf16 round bf16
+    matmuls differently, so a bf16 check on a CPU could flip a near-tie greedy token on one machine and not on
+    another; in float32 both models' figures are the same on every CPU. QtoolsError for any other dtype."""
+    if dtype is None:
+        return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
     if dtype not in DTYPES.values():
         raise QtoolsError(f"--dtype must be one of {', '.join(DTYPES)}, got {str(dtype).removeprefix('torch.')}")
+    return dtype
 
 
 def _file_ids(checkpoint: Checkpoint) -> set[tuple[int, int]]:

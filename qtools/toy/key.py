@@ -2,11 +2,14 @@
 
 The key hashes the recipe, the seed, the source of `qtools.toy`, `qtools.chat` and `qtools.generation` (data,
 template, training code, the gate's decoding; not the modules that only drive, cache or key a build), the Python
-version (the training code is its standard library) and the torch, transformers and tokenizers versions.
+version (the training code is its standard library) and the torch, transformers and tokenizers versions. Python
+sources are hashed as their syntax tree without docstrings, so editing a docstring, a comment or the formatting
+keeps the key (and the committed build).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import platform
 from importlib import metadata, resources
@@ -20,6 +23,27 @@ KEY_FILE = "toy_key.txt"
 NOT_IN_KEY = {"qtools.toy": {"__init__.py", "cache.py", "cli.py", "key.py"}}
 # Read from package metadata, not by importing them: the key is computed on every test session and demo start.
 VERSIONED = ("torch", "transformers", "tokenizers")
+
+
+def normalised_source(content: bytes) -> bytes:
+    """A Python source's syntax tree without docstrings, as text: the same for any comment, docstring or
+    formatting edit, different for any change to what the code does."""
+    tree = ast.parse(content)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False).encode()
+
+
+def _fingerprint(name: str, content: bytes) -> bytes:
+    return hashlib.sha256(normalised_source(content) if name.endswith(".py") else content).digest()
 
 
 def _package_sources(package: str) -> list[tuple[str, bytes]]:
@@ -41,9 +65,9 @@ def toy_cache_key(recipe: ToyRecipe, seed: int) -> str:
         digest.update(part.encode() + b"\0")
     for package in ("qtools.toy", "qtools.chat"):
         for name, content in _package_sources(package):
-            digest.update(f"{package}/{name}".encode() + b"\0" + hashlib.sha256(content).digest())
+            digest.update(f"{package}/{name}".encode() + b"\0" + _fingerprint(name, content))
     generation = Path(str(resources.files("qtools"))) / "generation.py"  # the gate decodes through it
-    digest.update(b"qtools/generation.py\0" + hashlib.sha256(generation.read_bytes()).digest())
+    digest.update(b"qtools/generation.py\0" + _fingerprint(generation.name, generation.read_bytes()))
     return digest.hexdigest()
 
 
