@@ -15,9 +15,6 @@ from rich.table import Table
 
 from qtools.errors import QtoolsError
 
-DTYPES = ("auto", "bfloat16", "float32")
-
-
 def _parse_options(items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` items -> {KEY: VALUE parsed as JSON, or kept as text when it is not JSON}."""
     options: dict[str, Any] = {}
@@ -78,16 +75,15 @@ def check(
     seed: Annotated[int, typer.Option(help="seed of the suite sampling")] = 0,
 ) -> None:
     """Compare a quantised checkpoint with its reference; exits 1 when a threshold is missed."""
-    import torch
-
     from qtools.check.pipeline import run_check
+    from qtools.check.preflight import DTYPES
     from qtools.check.suites import SuiteSizes, parse_suite_names
     from qtools.check.thresholds import Thresholds
 
     console = Console(stderr=True)
     try:
-        if dtype not in DTYPES:
-            raise QtoolsError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype != "auto" and dtype not in DTYPES:
+            raise QtoolsError(f"--dtype must be one of {', '.join(('auto', *DTYPES))}, got {dtype!r}")
         thresholds = Thresholds().with_overrides(fail_under or [])
         vllm_options = _parse_options(vllm_option or [])
         overrides = {"code_tokens": code_tokens, "tool_prompts": tool_prompts, "fim_prompts": fim_prompts}
@@ -104,7 +100,7 @@ def check(
             sizes=sizes,
             seed=seed,
             suite_files=tuple(suite_file or ()),
-            dtype=None if dtype == "auto" else getattr(torch, dtype),
+            dtype=None if dtype == "auto" else DTYPES[dtype],
             vllm_options=vllm_options,
             log=lambda message: console.print(
                 f"[bold yellow]{message}[/]" if message.startswith("warning:") else f"[dim]{message}[/]"

@@ -30,11 +30,12 @@ def cached_toy_model(
     from qtools.toy.build import build_toy_model
 
     recipe = recipe or ToyRecipe()
-    if prebuilt is not None and is_current(prebuilt, recipe, seed):
+    key = toy_cache_key(recipe, seed)  # hashes the sources: computed once
+    if prebuilt is not None and is_current(prebuilt, key):
         return prebuilt
     root = root or cache_root()
-    target = root / f"toy-{toy_cache_key(recipe, seed)[:16]}"
-    if is_current(target, recipe, seed):
+    target = root / f"toy-{key[:16]}"
+    if is_current(target, key):
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.building-", dir=root))
@@ -43,7 +44,7 @@ def cached_toy_model(
         try:
             staging.rename(target)
         except OSError:
-            if not is_current(target, recipe, seed):
+            if not is_current(target, key):
                 raise
     finally:
         if staging.exists():

@@ -71,7 +71,7 @@ def toy_cache_key(recipe: ToyRecipe, seed: int) -> str:
     return digest.hexdigest()
 
 
-def is_current(directory: Path, recipe: ToyRecipe, seed: int) -> bool:
-    """Whether `directory` holds a finished toy build whose key is the one this code would build now."""
+def is_current(directory: Path, key: str) -> bool:
+    """Whether `directory` holds a finished toy build with `key` (`toy_cache_key` of what would be built now)."""
     key_file = directory / KEY_FILE
-    return key_file.is_file() and key_file.read_text().strip() == toy_cache_key(recipe, seed)
+    return key_file.is_file() and key_file.read_text().strip() == key
