@@ -151,8 +151,11 @@ class Int4GroupLayout:
         return problems
 
     def dequantize(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """q * scale per group in float32, cast once to `dtype` [out, in]."""
-        return dequantize_int4_group(tensors[PACKED], tensors[SCALE], self.group_size, dtype)
+        """The weight `dtype` [out, in] the checkpoint means: q * scale in the scale dtype (the model dtype), as
+        compressed-tensors decompresses it, transformers loads it and vLLM's Marlin kernels dequantise it in
+        registers, then cast to `dtype` (so float32 compute sees those bf16 weights exactly)."""
+        scale = tensors[SCALE]
+        return dequantize_int4_group(tensors[PACKED], scale, self.group_size, scale.dtype).to(dtype)
 
     @property
     def rows_per_step(self) -> int:

@@ -127,8 +127,8 @@ def dequantize_int4_group(
 ) -> torch.Tensor:
     """Inverse of `quantize_int4_group`: weight_packed int32 [out, in/8] and weight_scale [out, in/group] ->
     `dtype` [out, in]. q * scale is computed in float32 and cast once: for 16-bit scales that product is exact (a
-    4-bit code times an 8- or 11-bit significand), so every `dtype` equals compressed-tensors' product in the
-    scale dtype cast to it; for float32 scales it is that product."""
+    4-bit code times an 8- or 11-bit significand), so with `dtype` the scale dtype this is bit for bit
+    compressed-tensors' product in that dtype (and what a kernel dequantising in registers to it computes)."""
     codes = unpack_int4(packed).float()
     out_features, in_features = codes.shape
     scaled = codes.view(out_features, in_features // group, group) * scale.float()[..., None]
