@@ -53,7 +53,9 @@ class Recipe(BaseModel):
     `group_size` input channels in the model dtype, round-to-nearest; written as compressed-tensors
     `pack-quantized`, the format's default for this scheme). `targets` and `ignore` hold module names (a weight
     `X.weight` belongs to module `X`) or `re:` regexes that must match the whole name. A module is quantised
-    when a target matches it and no ignore entry does.
+    when a target matches it and no ignore entry does. A w4a16 recipe may also name `fp8_targets`: modules
+    written FP8 block-wise (`block_size`, `scale_dtype`) in a second config group of the same checkpoint (a
+    `mixed-precision` compressed-tensors checkpoint, e.g. FP8 attention beside INT4 experts).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,6 +68,8 @@ class Recipe(BaseModel):
     # w4a16 only (None for fp8-block, so FP8 recipes' fingerprints are what they were before INT4 existed).
     group_size: StrictInt | None = None
     targets: list[str]
+    # w4a16 only: modules stored FP8 block-wise instead (empty: none; left out of the fingerprint when empty).
+    fp8_targets: list[str] = []
     ignore: list[str] = []
 
     @model_validator(mode="before")
@@ -76,7 +80,7 @@ class Recipe(BaseModel):
             raw = {"format": "compressed-tensors", "group_size": INT4_DEFAULT_GROUP, **raw}
         return raw
 
-    @field_validator("targets", "ignore")
+    @field_validator("targets", "fp8_targets", "ignore")
     @classmethod
     def _valid_patterns(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
@@ -106,10 +110,10 @@ class Recipe(BaseModel):
                     "holds FP8 weights); use format: compressed-tensors"
                 )
             given = sorted(self.model_fields_set & set(_FP8_ONLY))
-            if given:
+            if given and not self.fp8_targets:
                 raise ValueError(
                     f"{', '.join(given)}: fp8-block settings; a w4a16 recipe sets group_size (scales are in the "
-                    "model dtype)"
+                    "model dtype), and block_size / scale_dtype only for the modules of its fp8_targets"
                 )
             if self.group_size not in INT4_GROUP_SIZES:
                 raise ValueError(
@@ -119,6 +123,8 @@ class Recipe(BaseModel):
             return self
         if self.group_size is not None:
             raise ValueError("group_size is a w4a16 setting; fp8-block recipes set block_size")
+        if self.fp8_targets:
+            raise ValueError("fp8_targets is a w4a16 setting (FP8 modules beside INT4 ones); use targets")
         if self.format == "hf-fp8" and self.block_size != HF_FP8_BLOCK:
             raise ValueError(
                 f"block_size {list(self.block_size)}: hf-fp8 (the official Qwen FP8 layout) is loaded by vLLM and "
@@ -128,13 +134,15 @@ class Recipe(BaseModel):
         return self
 
     def quantizes(self, module: str) -> bool:
-        """Whether this recipe converts `module`."""
-        return any(matches(p, module) for p in self.targets) and not any(matches(p, module) for p in self.ignore)
+        """Whether this recipe converts `module` (to its scheme, or FP8 for an `fp8_targets` module)."""
+        targeted = any(matches(p, module) for p in [*self.targets, *self.fp8_targets])
+        return targeted and not any(matches(p, module) for p in self.ignore)
 
     def fingerprint(self) -> str:
-        """Canonical JSON of the recipe, for resume checks (an unset `group_size` is left out, so a recipe's
-        fingerprint is the same as before the field existed)."""
-        return self.model_dump_json(exclude={"group_size"} if self.group_size is None else None)
+        """Canonical JSON of the recipe, for resume checks (an unset `group_size` and empty `fp8_targets` are left
+        out, so an FP8 recipe's fingerprint is the same as before those fields existed)."""
+        unset = {"group_size"} if self.group_size is None else set()
+        return self.model_dump_json(exclude=unset | (set() if self.fp8_targets else {"fp8_targets"}))
 
 
 def shipped_recipes() -> dict[str, Path]:

@@ -152,8 +152,18 @@ def test_fp8_recipe_fingerprints_do_not_mention_group_size():
         ("scheme: w4a16\ngroup_size: '128'\ntargets: [x]\n", "group_size is an integer"),
         ("group_size: 128\ntargets: [x]\n", "group_size is a w4a16 setting"),
         ("scheme: int4\ntargets: [x]\n", "scheme"),
+        ("fp8_targets: [y]\ntargets: [x]\n", "fp8_targets is a w4a16 setting"),
     ],
-    ids=["hf-fp8", "block_size", "scale_dtype", "group 100", "group string", "group on fp8", "unknown scheme"],
+    ids=[
+        "hf-fp8",
+        "block_size",
+        "scale_dtype",
+        "group 100",
+        "group string",
+        "group on fp8",
+        "unknown scheme",
+        "fp8_targets on fp8",
+    ],
 )
 def test_bad_w4a16_recipe_is_a_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -371,3 +381,49 @@ def test_runtime_refuses_inconsistent_int4_tensors(w4a16_outputs, tmp_path):
     _rewrite(copy2, _drop_shape)
     with pytest.raises(QtoolsError, match="without its weight_shape"):
         load_model(copy2)
+
+
+# ---- FP8 attention beside INT4 experts: one mixed-precision checkpoint ----
+
+
+@pytest.fixture(scope="module")
+def mixed_output(aligned_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mixed") / "w4a16-fp8-attention"
+    convert_checkpoint(aligned_checkpoint, out, load_recipe("w4a16-rtn-fp8-attention"))
+    return out
+
+
+def test_fp8_attention_beside_int4_experts_is_two_config_groups(mixed_output, aligned_checkpoint):
+    quant = json.loads((mixed_output / "config.json").read_text())["quantization_config"]
+    fp8, int4 = quant["config_groups"]["group_0"], quant["config_groups"]["group_1"]
+    assert quant["format"] == "mixed-precision"
+    assert fp8["format"] == "float-quantized" and fp8["weights"]["block_structure"] == [128, 128]
+    assert fp8["targets"] == ["re:model\\.layers\\.\\d+\\.self_attn\\.(q|k|v|o)_proj"]
+    assert int4 == {**expected_config(128)["config_groups"]["group_0"], "targets": load_recipe("w4a16-rtn").targets}
+    assert quant["ignore"] == ["lm_head", "model.embed_tokens", "model.layers.0.mlp.gate", "model.layers.1.mlp.gate"]
+    tensors = load_all(mixed_output)
+    assert tensors["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn
+    assert tensors["model.layers.0.self_attn.q_proj.weight_scale"].shape == (2, 2)
+    source = load_all(aligned_checkpoint)[f"{EXPERT}.weight"]
+    assert tensors[f"{EXPERT}.weight_packed"].equal(quantize_int4_group(source, 128)[0])
+    report = verify_checkpoint(mixed_output, deep=True)
+    assert report.ok, report.problems
+    assert report.format == "compressed-tensors fp8-block+w4a16" and report.quantized_modules == 24 + 8
+
+
+def test_mixed_checkpoint_runs_in_the_runtime(mixed_output, tmp_path):
+    model = load_model(mixed_output, dtype=torch.float32, act_quant=False)
+    assert type(model.layers[1].self_attn.o_proj).__name__ == "Fp8BlockLinear"
+    assert type(model.layers[1].mlp.experts[3].gate_proj).__name__ == "Int4GroupLinear"
+    assert load_model(mixed_output).info.act_quant is True, "the FP8 group quantises activations dynamically"
+    dense = load_model(_write_dequantized(mixed_output, tmp_path / "dense"), dtype=torch.float32)
+    ids = torch.randint(0, ALIGNED_SPEC.vocab_size, (1, 9), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(model(ids), dense(ids))
+
+
+def test_targets_and_fp8_targets_must_be_disjoint(aligned_checkpoint, tmp_path):
+    recipe = load_recipe("w4a16-rtn-fp8-attention")
+    overlapping = recipe.model_copy(update={"fp8_targets": [*recipe.fp8_targets, "re:.*experts\\.0\\.up_proj"]})
+    with pytest.raises(QtoolsError, match=r"both match 'model\.layers\.0\.mlp\.experts\.0\.up_proj'"):
+        convert_checkpoint(aligned_checkpoint, tmp_path / "out", overlapping)
+    assert not (tmp_path / "out").exists()

@@ -168,3 +168,35 @@ def test_transformers_loads_it_and_its_logits_match_the_runtime(w4a16_outputs, a
         expected = model(ids).logits
     got = load_model(root, dtype=torch.float32)(ids)
     torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-4 * expected.abs().max().item())
+
+
+def test_compressed_tensors_decompresses_a_mixed_checkpoint_exactly_like_us(aligned_checkpoint, tmp_path):
+    """FP8 attention and INT4 experts in one checkpoint: its dequantiser takes each group's modules by their
+    targets; FP8 blocks as in tests/test_fp8_oracles.py (product in the scale dtype), INT4 as above."""
+    from qtools.convert import convert_checkpoint
+    from qtools.formats import detect
+    from qtools.recipe import load_recipe
+
+    converters = pytest.importorskip("compressed_tensors.entrypoints.convert.converters.ct_dequantizer")
+    root = tmp_path / "mixed"
+    convert_checkpoint(aligned_checkpoint, root, load_recipe("w4a16-rtn-fp8-attention"))
+    dequantizer = converters.CompressedTensorsDequantizer(root, dtype=torch.float32)
+    theirs: dict[str, torch.Tensor] = {}
+    for shard in sorted(root.glob("*.safetensors")):
+        theirs.update(dequantizer.validate(load_file(shard)))
+    ours, source = load_tensors(root), load_tensors(aligned_checkpoint)
+    assert sorted(theirs) == sorted(source)
+    fmt = detect(json.loads((root / "config.json").read_text()))
+    infos = {name: type("Info", (), {"dtype": tensor.dtype})() for name, tensor in ours.items()}
+    quantised = 0
+    for name, tensor in theirs.items():
+        module = name.removesuffix(".weight")
+        layout = fmt.layout_of(module, infos.get)
+        if layout is None:
+            assert torch.equal(tensor, source[name]), name
+            continue
+        parts = {suffix: ours[f"{module}.{suffix}"] for suffix in layout.suffixes}
+        scale_dtype = parts[layout.scale_suffixes[0]].dtype
+        assert torch.equal(tensor, layout.dequantize(parts, scale_dtype).float()), name
+        quantised += 1
+    assert quantised == 8 + 24

@@ -101,7 +101,12 @@ def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
                         f"{checkpoint.root / shard}: tensor {name!r} is {info.dtype} {list(info.shape)}; "
                         "the recipe targets it but only 2-D floating-point (bf16/fp16/fp32) weights can be quantised"
                     )
-                layout = fmt.layout_for(module)
+                try:
+                    layout = fmt.layout_for(module)
+                except ValueError as error:
+                    raise QtoolsError(
+                        f"the recipe's targets and fp8_targets both match {module!r} ({error}); make them disjoint"
+                    ) from None
                 problem = layout.shape_problem(info.shape)
                 if problem:
                     raise QtoolsError(

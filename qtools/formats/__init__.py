@@ -63,13 +63,19 @@ def detect(config: dict) -> Format:
 
 def format_for_recipe(recipe: Recipe) -> Format:
     """The format a conversion following `recipe` writes (its scheme in its container format)."""
-    if recipe.scheme == "w4a16":
-        return CompressedTensorsFormat((ConfigGroup(Int4GroupLayout(recipe.group_size)),))
     scale_dtype = SCALE_DTYPES_BY_NAME[recipe.scale_dtype]
+    fp8 = Fp8BlockLayout(COMPRESSED_TENSORS_SCALE, recipe.block_size, recipe.block_size[1], scale_dtype)
+    if recipe.scheme == "w4a16":
+        int4 = Int4GroupLayout(recipe.group_size)
+        if not recipe.fp8_targets:
+            return CompressedTensorsFormat((ConfigGroup(int4),))
+        # Two groups can only target modules by name: vLLM keys its schemes by target, so two "Linear" collide.
+        return CompressedTensorsFormat(
+            (ConfigGroup(fp8, tuple(recipe.fp8_targets)), ConfigGroup(int4, tuple(recipe.targets)))
+        )
     if recipe.format == "hf-fp8":
         return HfFp8Format(recipe.block_size, scale_dtype)
-    layout = Fp8BlockLayout(COMPRESSED_TENSORS_SCALE, recipe.block_size, recipe.block_size[1], scale_dtype)
-    return CompressedTensorsFormat((ConfigGroup(layout),))
+    return CompressedTensorsFormat((ConfigGroup(fp8),))
 
 
 __all__ = [

@@ -61,7 +61,12 @@ class CompressedTensorsFormat:
         return next((layout for layout in self.layouts if layout.stores(module, lookup)), None)
 
     def layout_for(self, module: str) -> LinearLayout:
-        return next(group.layout for group in self.groups if group.targets_module(module))
+        """The layout of the one group targeting `module`; raises ValueError when none or several do (a loader
+        would pick one by the order of its own target map)."""
+        matching = [group for group in self.groups if group.targets_module(module)]
+        if len(matching) != 1:
+            raise ValueError(f"{len(matching)} config groups target {module}: exactly one must")
+        return matching[0].layout
 
     def cannot_hold(self, module: str) -> str | None:
         return kept_by_every_loader(module)

@@ -89,6 +89,8 @@ class Fp8BlockLayout:
     def storage_problems(self, module: str, lookup: TensorLookup) -> list[str]:
         name, scale_name = f"{module}.weight", f"{module}.{self.scale_suffix}"
         weight, scale = lookup(name), lookup(scale_name)
+        if weight is None and lookup(f"{module}.weight_packed") is not None:
+            return []  # an INT4 module: its `weight_scale` has the same name, and its own layout checks it
         if scale is not None and weight is None:
             return [f"{scale_name}: scale without a weight"]
         if scale is not None and weight.dtype != FP8_DTYPE:
