@@ -44,8 +44,8 @@ def convert(
     recipe: Annotated[
         str,
         typer.Option(
-            help="a shipped recipe's name (fp8-block, fp8-block-compressed-tensors) or the path of a recipe YAML; "
-            "an unknown name lists the shipped ones"
+            help="a shipped recipe's name (fp8-block, fp8-block-compressed-tensors, w4a16-rtn, w4a16-rtn-tp8, "
+            "w4a16-rtn-fp8-attention) or the path of a recipe YAML; an unknown name lists the shipped ones"
         ),
     ] = DEFAULT_RECIPE,
     format: Annotated[
