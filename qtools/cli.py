@@ -44,8 +44,8 @@ def convert(
     recipe: Annotated[
         str,
         typer.Option(
-            help="a shipped recipe's name (fp8-block, fp8-block-compressed-tensors) or the path of a recipe YAML; "
-            "an unknown name lists the shipped ones"
+            help="a shipped recipe's name (fp8-block, fp8-block-compressed-tensors, w4a16-rtn, w4a16-rtn-tp8, "
+            "w4a16-rtn-fp8-attention) or the path of a recipe YAML; an unknown name lists the shipped ones"
         ),
     ] = DEFAULT_RECIPE,
     format: Annotated[
@@ -131,7 +131,7 @@ def verify(
     if report.ok:
         Console().print(
             f"[green]OK[/] {ckpt}: {report.tensors} tensors, {report.quantized_modules} quantised modules "
-            f"({report.method})"
+            f"({report.format})"
         )
         return
     for problem in report.problems:
@@ -149,15 +149,18 @@ def inspect(ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")]) 
         summary = inspect_checkpoint(ckpt)
     except QtoolsError as error:
         _fail(error)
+    layouts = f" ({'; '.join(summary.layouts)})" if summary.layouts else ""
     table = Table(
-        title=f"{ckpt}: {summary.quant_method}, {summary.layers} layers, {summary.experts} experts, "
+        title=f"{ckpt}: {summary.quant_method}{layouts}, {summary.layers} layers, {summary.experts} experts, "
         f"{summary.shards} shards, {summary.total_bytes / 1e9:.3f} GB"
     )
-    for column in ("family", "dtype", "tensors", "block scales", "GB"):
-        table.add_column(column, justify="right" if column in ("tensors", "block scales", "GB") else "left")
+    for column in ("family", "dtype", "tensors", "scales", "GB"):
+        table.add_column(column, justify="right" if column in ("tensors", "scales", "GB") else "left")
     for name, fam in summary.families.items():
         table.add_row(name, ", ".join(sorted(fam.dtypes)), str(fam.tensors), str(fam.scales), f"{fam.bytes / 1e9:.4f}")
     Console().print(table)
+    if summary.format_problem:
+        console.print(f"[yellow]format:[/] {summary.format_problem}")
     if summary.config_problem:
         console.print(f"[yellow]config:[/] {summary.config_problem}")
     else:

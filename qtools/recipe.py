@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_va
 from qtools.errors import QtoolsError
 
 FORMATS = ("hf-fp8", "compressed-tensors")
+SCHEMES = ("fp8-block", "w4a16")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "fp8-block"
 _RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -26,6 +27,10 @@ BLOCK_EDGES = tuple(2**power for power in range(4, 10))
 # The official Qwen FP8 layout; vLLM's and SGLang's hf-fp8 loaders are tuned and tested for it (DeepGEMM and
 # CUTLASS block-FP8 GEMMs take 128x128 only), and so are the qtools kernels.
 HF_FP8_BLOCK = (128, 128)
+# INT4 group sizes vLLM's Marlin / Triton WNA16 MoE kernels take; 128 is llm-compressor's W4A16 default.
+INT4_GROUP_SIZES = (32, 64, 128)
+INT4_DEFAULT_GROUP = 128
+_FP8_ONLY = ("block_size", "scale_dtype")
 
 
 @lru_cache(maxsize=1024)
@@ -43,21 +48,39 @@ def matches(pattern: str, module: str) -> bool:
 class Recipe(BaseModel):
     """What a conversion does.
 
-    `targets` and `ignore` hold module names (a weight `X.weight` belongs to module `X`) or `re:` regexes that
-    must match the whole name. A module is quantised when a target matches it and no ignore entry does.
+    `scheme` is what quantised modules become: `fp8-block` (FP8 e4m3 weights in `block_size` blocks with
+    `scale_dtype` scales, dynamic FP8 activations) or `w4a16` (INT4 weights, symmetric, one scale per row and
+    `group_size` input channels in the model dtype, round-to-nearest; written as compressed-tensors
+    `pack-quantized`, the format's default for this scheme). `targets` and `ignore` hold module names (a weight
+    `X.weight` belongs to module `X`) or `re:` regexes that must match the whole name. A module is quantised
+    when a target matches it and no ignore entry does. A w4a16 recipe may also name `fp8_targets`: modules
+    written FP8 block-wise (`block_size`, `scale_dtype`) in a second config group of the same checkpoint (a
+    `mixed-precision` compressed-tensors checkpoint, e.g. FP8 attention beside INT4 experts).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scheme: Literal["fp8-block"] = "fp8-block"
+    scheme: Literal["fp8-block", "w4a16"] = "fp8-block"
     format: Literal["hf-fp8", "compressed-tensors"] = "hf-fp8"
     # StrictInt: YAML `true` is no block edge (it became 1) and neither is `1e20` or `128.0`.
     block_size: tuple[StrictInt, StrictInt] = HF_FP8_BLOCK
     scale_dtype: Literal["float32", "bfloat16"] = "float32"
+    # w4a16 only (None for fp8-block, so FP8 recipes' fingerprints are what they were before INT4 existed).
+    group_size: StrictInt | None = None
     targets: list[str]
+    # w4a16 only: modules stored FP8 block-wise instead (empty: none; left out of the fingerprint when empty).
+    fp8_targets: list[str] = []
     ignore: list[str] = []
 
-    @field_validator("targets", "ignore")
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_w4a16_defaults(cls, raw: object) -> object:
+        """A w4a16 recipe that names no format or group size gets compressed-tensors and group 128."""
+        if isinstance(raw, dict) and raw.get("scheme") == "w4a16":
+            raw = {"format": "compressed-tensors", "group_size": INT4_DEFAULT_GROUP, **raw}
+        return raw
+
+    @field_validator("targets", "fp8_targets", "ignore")
     @classmethod
     def _valid_patterns(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
@@ -79,7 +102,29 @@ class Recipe(BaseModel):
         return block
 
     @model_validator(mode="after")
-    def _block_the_format_can_serve(self) -> Recipe:
+    def _settings_of_the_scheme(self) -> Recipe:
+        if self.scheme == "w4a16":
+            if self.format != "compressed-tensors":
+                raise ValueError(
+                    f"format {self.format!r}: w4a16 is written as compressed-tensors pack-quantized only (hf-fp8 "
+                    "holds FP8 weights); use format: compressed-tensors"
+                )
+            given = sorted(self.model_fields_set & set(_FP8_ONLY))
+            if given and not self.fp8_targets:
+                raise ValueError(
+                    f"{', '.join(given)}: fp8-block settings; a w4a16 recipe sets group_size (scales are in the "
+                    "model dtype), and block_size / scale_dtype only for the modules of its fp8_targets"
+                )
+            if self.group_size not in INT4_GROUP_SIZES:
+                raise ValueError(
+                    f"group_size {self.group_size!r}: w4a16 takes {', '.join(map(str, INT4_GROUP_SIZES))} (what "
+                    "vLLM's INT4 MoE kernels load); 128 is the usual, 64 loads at TP8"
+                )
+            return self
+        if self.group_size is not None:
+            raise ValueError("group_size is a w4a16 setting; fp8-block recipes set block_size")
+        if self.fp8_targets:
+            raise ValueError("fp8_targets is a w4a16 setting (FP8 modules beside INT4 ones); use targets")
         if self.format == "hf-fp8" and self.block_size != HF_FP8_BLOCK:
             raise ValueError(
                 f"block_size {list(self.block_size)}: hf-fp8 (the official Qwen FP8 layout) is loaded by vLLM and "
@@ -89,12 +134,15 @@ class Recipe(BaseModel):
         return self
 
     def quantizes(self, module: str) -> bool:
-        """Whether this recipe converts `module`."""
-        return any(matches(p, module) for p in self.targets) and not any(matches(p, module) for p in self.ignore)
+        """Whether this recipe converts `module` (to its scheme, or FP8 for an `fp8_targets` module)."""
+        targeted = any(matches(p, module) for p in [*self.targets, *self.fp8_targets])
+        return targeted and not any(matches(p, module) for p in self.ignore)
 
     def fingerprint(self) -> str:
-        """Canonical JSON of the recipe, for resume checks."""
-        return self.model_dump_json()
+        """Canonical JSON of the recipe, for resume checks (an unset `group_size` and empty `fp8_targets` are left
+        out, so an FP8 recipe's fingerprint is the same as before those fields existed)."""
+        unset = {"group_size"} if self.group_size is None else set()
+        return self.model_dump_json(exclude=unset | (set() if self.fp8_targets else {"fp8_targets"}))
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -144,7 +192,10 @@ def load_recipe(recipe: str | Path, format_override: str | None = None) -> Recip
 
 
 # How to write a field, added to the type errors pydantic reports for it.
-FIELD_HINTS = {"block_size": "block_size is two integers, e.g. [128, 128]"}
+FIELD_HINTS = {
+    "block_size": "block_size is two integers, e.g. [128, 128]",
+    "group_size": "group_size is an integer: 128, 64 or 32",
+}
 
 
 def _is_type_error(error: dict) -> bool:

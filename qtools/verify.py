@@ -7,7 +7,7 @@ config, without which nothing can be compared; exit 2).
 
 from __future__ import annotations
 
-import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,20 +15,16 @@ import torch
 
 from qtools.checkpoint.config import ModelConfig
 from qtools.checkpoint.hf import INDEX_NAME, SINGLE_NAME, STATE_DIR, Checkpoint
-from qtools.checkpoint.qwen3_moe import check_against_config, expected_shapes
+from qtools.checkpoint.qwen3_moe import check_against_config, expected_shapes, module_of
 from qtools.checkpoint.safetensors_io import SafetensorsReader, TensorInfo, shard_digest
 from qtools.convert.shard import ShardRecord
 from qtools.convert.state import load_record
 from qtools.errors import QtoolsError
+from qtools.formats import Format, LinearLayout, detect
 from qtools.numerics.finite import all_finite
-from qtools.numerics.fp8 import FP8_DTYPE, FP8_MAX, scale_shape
 
-SCALE_SUFFIXES = {"fp8": "weight_scale_inv", "compressed-tensors": "weight_scale"}
-_FP8_NAN_CODES = (0x7F, 0xFF)
-# Largest plausible block scale: its codes (|q| <= 448) then dequantise to at most 65504, float16's largest finite
-# value. Trained weights are far below 1 in magnitude (scales of order 1e-4); a scale past this bound overflows
-# fp16 kernels and is damage, not data. An all-zero block's scale is 1.0 (docs/conversion.md).
-MAX_SCALE = 65504.0 / FP8_MAX
+# The quant_method values of the formats qtools writes ("none": no quantization_config).
+_METHODS = ("fp8", "compressed-tensors", "none")
 # Kept tensors are read for NaN/Inf in pieces of about this size, so a 2 GB embedding never sits in memory whole.
 _FINITE_CHUNK_BYTES = 64 << 20
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -41,6 +37,7 @@ class VerifyReport:
 
     path: Path
     method: str = "none"
+    format: str = "dense"
     problems: list[str] = field(default_factory=list)
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -52,40 +49,15 @@ class VerifyReport:
         return not self.problems and self.error is None
 
 
-def _format_of(quant: dict) -> tuple[str, tuple[int, int], list[str]]:
-    """(quant_method, block, modules listed as not converted) from a quantization_config."""
-    method = quant.get("quant_method", "none")
-    if method == "fp8":
-        return (
-            method,
-            tuple(quant.get("weight_block_size") or (128, 128)),
-            list(quant.get("modules_to_not_convert") or []),
-        )
-    if method == "compressed-tensors":
-        groups = quant.get("config_groups") or {}
-        weights = next(iter(groups.values()), {}).get("weights") or {}
-        return method, tuple(weights.get("block_structure") or (128, 128)), list(quant.get("ignore") or [])
-    return method, (128, 128), []
-
-
-def _listed(module: str, skip: list[str]) -> bool:
-    for entry in skip:
-        if entry.startswith("re:"):
-            if re.fullmatch(entry[3:], module):
-                return True
-        elif entry == module or entry == module.removeprefix("model."):
-            return True
-    return False
-
-
 def verify_checkpoint(path: str | Path, deep: bool = False) -> VerifyReport:
     """Check every index entry is present and readable, each shard file is exactly its header and tensors (and
     matches its record in `.qtools/` where convert left one), shapes and dtypes agree with config.json and the
-    format, every scale is finite, positive and at most MAX_SCALE, and the config lists exactly the unconverted
-    linear modules.
+    format (each quantised module's tensors as its layout in `qtools.formats` says, INT4 `weight_shape` included),
+    every scale is finite, positive and small enough that its codes stay in float16's range, and the config
+    lists exactly the unconverted linear modules.
 
-    `deep` also reads every tensor: FP8 weights must hold no NaN code, kept tensors only finite values, and each
-    shard must match the digest convert recorded (a note says when there are none).
+    `deep` also reads every tensor: FP8 weights must hold no NaN code, INT4 weights no zeroed group, kept tensors
+    only finite values, and each shard must match the digest convert recorded (a note says when there are none).
     """
     report = VerifyReport(Path(path))
     try:
@@ -116,55 +88,93 @@ def _verify(report: VerifyReport, deep: bool) -> None:
         problems.append(str(error))
         return
     config = checkpoint.model_config
-    method, block, skip = _format_of(checkpoint.config.get("quantization_config") or {})
-    report.method = method
-    if method not in ("fp8", "compressed-tensors", "none"):
-        problems.append(f"config.json: quant_method {method!r} is not one qtools writes")
+    report.method = (checkpoint.config.get("quantization_config") or {}).get("quant_method", "none")
+    if report.method not in _METHODS:
+        problems.append(f"config.json: quant_method {report.method!r} is not one qtools writes")
         return
-    if method == "fp8" and (checkpoint.config["quantization_config"].get("activation_scheme") != "dynamic"):
-        problems.append("config.json: block-wise FP8 needs activation_scheme 'dynamic'")
+    try:
+        fmt = detect(checkpoint.config)
+    except QtoolsError as error:
+        problems.append(str(error))
+        return
+    report.format = fmt.label
     readers = _open_shards(checkpoint, problems, deep, report.notes)
     infos = {
         name: (shard, readers[shard].tensors[name]) for name, shard in checkpoint.weight_map.items() if shard in readers
     }
     report.tensors = len(infos)
+    tensors = _Tensors(infos, readers)
     for name in sorted(expected_shapes(config)):
-        if name not in checkpoint.weight_map:
+        # A quantised module's dense weight may be stored as other tensors (INT4: weight_packed, ...).
+        if name not in checkpoint.weight_map and fmt.layout_of(module_of(name), tensors.lookup) is None:
             problems.append(f"{name}: missing (config.json implies it)")
     model_dtype = _model_dtype(config, infos)
-    scale_suffix = SCALE_SUFFIXES.get(method)
-    for name, (shard, info) in sorted(infos.items()):
-        reader = readers[shard]
-        if scale_suffix and name.endswith("." + scale_suffix):
-            _check_scale(name, info, infos, block, reader, problems)
-            continue
-        module = name.removesuffix(".weight")
-        quantized = info.dtype == FP8_DTYPE
-        has_scale = scale_suffix is not None and f"{module}.{scale_suffix}" in infos
-        if quantized and not has_scale:
-            problems.append(f"{name}: FP8 weight without its {scale_suffix or 'scale'} tensor")
-        if has_scale and not quantized:
-            problems.append(f"{name}: has a scale but is {info.dtype}, not float8_e4m3fn")
-        problem = check_against_config(name, info.shape, config)
-        if problem:
-            problems.append(problem)
-        if quantized:
+    # Tensors only a quantised layout writes (scales, packed codes): checked with their module, never as kept.
+    layout_only = {suffix for layout in fmt.layouts for suffix in layout.suffixes} - {"weight"}
+    modules: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(infos):
+        modules[module_of(name)].append(name)
+    for module, names in sorted(modules.items()):
+        stored = [p for layout in fmt.layouts for p in layout.storage_problems(module, tensors.lookup)]
+        problems += stored
+        layout = fmt.layout_of(module, tensors.lookup)
+        owned: set[str] = set()
+        if layout is not None:
             report.quantized_modules += 1
-            if _listed(module, skip):
-                problems.append(f"{name}: converted, but quantization_config lists {module} as not converted")
-            if deep:
-                codes = reader.read(name).view(torch.uint8)
-                if torch.isin(codes, torch.tensor(_FP8_NAN_CODES, dtype=torch.uint8)).any():
-                    problems.append(f"{name}: holds NaN codes")
-            continue
-        _check_kept(name, info, model_dtype, reader, deep, problems)
-        if method != "none" and name.endswith(".weight") and len(info.shape) == 2:
-            if module != "model.embed_tokens" and not _listed(module, skip):
-                problems.append(
-                    f"{name}: kept {info.dtype} but quantization_config does not list {module} as not converted"
-                )
-    if method != "none" and report.quantized_modules == 0:
+            owned = {f"{module}.{suffix}" for suffix in layout.suffixes}
+            if not stored:
+                problems += _quantized_problems(module, layout, fmt, config, tensors, deep)
+        for name in names:
+            if name in owned or name[len(module) + 1 :] in layout_only:
+                continue
+            shard, info = infos[name]
+            problem = check_against_config(name, info.shape, config)
+            if problem:
+                problems.append(problem)
+            _check_kept(name, info, model_dtype, readers[shard], deep, problems)
+            if fmt.name != "dense" and name.endswith(".weight") and len(info.shape) == 2:
+                if module != "model.embed_tokens" and not fmt.lists_unconverted(module):
+                    problems.append(
+                        f"{name}: kept {info.dtype} but quantization_config does not list {module} as not converted"
+                    )
+    if fmt.name != "dense" and report.quantized_modules == 0:
         problems.append("config.json declares quantization but no tensor is quantised")
+
+
+class _Tensors:
+    """Header lookups and reads of the tensors whose shards opened."""
+
+    def __init__(self, infos: dict[str, tuple[str, TensorInfo]], readers: dict[str, SafetensorsReader]):
+        self.infos, self.readers = infos, readers
+
+    def lookup(self, name: str) -> TensorInfo | None:
+        entry = self.infos.get(name)
+        return entry[1] if entry else None
+
+    def read(self, name: str) -> torch.Tensor:
+        return self.readers[self.infos[name][0]].read(name)
+
+
+def _quantized_problems(
+    module: str, layout: LinearLayout, fmt: Format, config: ModelConfig, tensors: _Tensors, deep: bool
+) -> list[str]:
+    """What is wrong with a quantised module whose tensors are all present: the dense shape it stands for
+    against config.json, its listing, its tensors' shapes and dtypes, then its values."""
+    shown = f"{module}.{layout.codes_suffix}"
+    try:
+        shape = layout.logical_shape(module, tensors.lookup, tensors.read)
+    except QtoolsError as error:
+        return [str(error)]
+    problems = []
+    problem = check_against_config(f"{module}.weight", shape, config, shown=shown)
+    if problem:
+        problems.append(problem)
+    if fmt.lists_unconverted(module):
+        problems.append(f"{shown}: converted, but quantization_config lists {module} as not converted")
+    layout_problems = layout.layout_problems(module, tensors.lookup, shape)
+    if layout_problems:
+        return problems + layout_problems
+    return problems + layout.value_problems(module, tensors.read, shape, deep)
 
 
 def _open_shards(checkpoint: Checkpoint, problems: list[str], deep: bool, notes: list[str]) -> dict:
@@ -256,33 +266,3 @@ def _check_kept(
         return
     if deep and info.dtype.is_floating_point and not _kept_values_finite(reader, name):
         problems.append(f"{name}: holds NaN or Inf values")
-
-
-def _check_scale(
-    name: str,
-    info: TensorInfo,
-    infos: dict[str, tuple[str, TensorInfo]],
-    block: tuple[int, int],
-    reader: SafetensorsReader,
-    problems: list[str],
-) -> None:
-    suffix = name.rsplit(".", 1)[1]
-    weight = infos.get(name.removesuffix(suffix) + "weight")
-    if weight is None:
-        problems.append(f"{name}: scale without a weight")
-        return
-    expected = scale_shape(weight[1].shape, block) if len(weight[1].shape) == 2 else None
-    if info.shape != expected:
-        problems.append(f"{name}: shape {list(info.shape)}, expected {list(expected or ())}")
-        return
-    if not info.dtype.is_floating_point or info.dtype == FP8_DTYPE:
-        problems.append(f"{name}: scale dtype {info.dtype} is not float32/bfloat16/float16")
-        return
-    scales = reader.read(name).float()
-    if not (torch.isfinite(scales).all() and (scales > 0).all()):
-        problems.append(f"{name}: scales must be finite and positive")
-    elif (scales > MAX_SCALE).any():
-        problems.append(
-            f"{name}: scale {scales.max().item():.3g} exceeds {MAX_SCALE:.4g}: its weights would dequantise past "
-            "float16's range (a damaged scale)"
-        )

@@ -8,13 +8,32 @@ import pytest
 
 from qtools.recipe import Recipe, load_recipe
 from qtools.testing.files import TOY_MODEL_DIR
-from qtools.testing.synth import SynthSpec, make_checkpoint
+from qtools.testing.synth import GROUP_ALIGNED_SPEC, SynthSpec, make_checkpoint
 
 
 @pytest.fixture(scope="session")
 def synth_checkpoint(tmp_path_factory) -> Path:
     """A 2-layer, 4-expert checkpoint with sizes that are not multiples of 128, in 3 shards. Do not modify."""
     return make_checkpoint(tmp_path_factory.mktemp("synth") / "bf16", SynthSpec(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def aligned_checkpoint(tmp_path_factory) -> Path:
+    """A 2-layer, 4-expert checkpoint with hidden 256 and expert width 128, in 2 shards. Do not modify."""
+    return make_checkpoint(tmp_path_factory.mktemp("aligned") / "bf16", GROUP_ALIGNED_SPEC, seed=1)
+
+
+@pytest.fixture(scope="session")
+def w4a16_outputs(aligned_checkpoint, tmp_path_factory) -> dict[int, Path]:
+    """`aligned_checkpoint` converted with the shipped W4A16 recipes: group size -> output. Do not modify."""
+    from qtools.convert import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("w4a16")
+    outputs = {}
+    for group, recipe in ((128, "w4a16-rtn"), (64, "w4a16-rtn-tp8")):
+        outputs[group] = root / recipe
+        convert_checkpoint(aligned_checkpoint, outputs[group], load_recipe(recipe))
+    return outputs
 
 
 @pytest.fixture

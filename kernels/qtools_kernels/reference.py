@@ -18,6 +18,13 @@ FP8_ZERO_BLOCK_SCALE = 1.0
 FP8_BLOCK = 128
 INT4_OFFSET = 8
 """compressed-tensors stores each signed int4 value q in [-8, 7] as the nibble q + 8."""
+INT4_MIN, INT4_MAX = -8, 7
+INT4_SCALE_DIVISOR = (INT4_MAX - INT4_MIN) / 2
+"""7.5: compressed-tensors' symmetric rule `scale = max(|min|, |max|) / ((q_max - q_min) / 2)`, so the group's
+largest magnitude lands on +-7.5 and rounds to 7 (positive, after the clamp) or -8 (negative)."""
+INT4_ZERO_GROUP_SCALE = 1.0
+"""weight_scale of an all-zero group (or one whose scale underflows the scale dtype): finite and positive; its
+codes (all 0) dequantise to 0. compressed-tensors writes its dtype's eps there; the weights are the same."""
 
 
 def cdiv(a: int, b: int) -> int:
@@ -231,25 +238,44 @@ def unpack_int4_ref(packed: torch.Tensor) -> torch.Tensor:
     return (nibbles - INT4_OFFSET).to(torch.int8).flatten(-2)
 
 
+def int4_group_scale(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The INT4 group rule: amax(|group|) of any shape -> weight_scale `dtype` of that shape, the fp32
+    quotient `amax / 7.5` rounded to `dtype`, or `INT4_ZERO_GROUP_SCALE` where that is 0 (all-zero group).
+
+    The one definition of the rule: qtools' checkpoint converter (`qtools.numerics.int4`) and
+    `quantize_int4_group_ref` (the kernels' test weights) both call it. Bit for bit compressed-tensors'
+    `calculate_qparams` for symmetric int4 (its division in the weight dtype rounds the same fp32
+    quotient) wherever the group is not all zero.
+    """
+    scale = (amax.float() / INT4_SCALE_DIVISOR).to(dtype)
+    return torch.where(scale > 0, scale, torch.full_like(scale, INT4_ZERO_GROUP_SCALE))
+
+
+def int4_codes(scaled: torch.Tensor) -> torch.Tensor:
+    """fp32 values already divided by their scale -> int8 codes in [-8, 7] of the same shape: clamped, then
+    rounded to nearest even (compressed-tensors' `round(clamp(x / scale, -8, 7))`)."""
+    return torch.round(scaled.clamp(INT4_MIN, INT4_MAX)).to(torch.int8)
+
+
 def quantize_int4_group_ref(
     w: torch.Tensor, group_size: int, scale_dtype: torch.dtype = torch.bfloat16
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric group-wise round-to-nearest INT4 (test-weight generator, compressed-tensors range).
+    """Symmetric group-wise round-to-nearest INT4 (test-weight generator, same rule as the checkpoints).
 
     Args:
-        w: [..., N, K] float weights, K a multiple of 8.
+        w: [..., N, K] float weights, K a multiple of 8 (the last group may be partial).
 
     Returns:
         weight_packed: [..., N, K // 8] int32 (see `pack_int4_ref`).
-        weight_scale: [..., N, ceil(K / group_size)] `scale_dtype`, amax / 7.5; w ~ q * scale.
+        weight_scale: [..., N, ceil(K / group_size)] `scale_dtype`, `int4_group_scale(amax)`; w ~ q * scale.
     """
     *lead, n, k = w.shape
     groups = cdiv(k, group_size)
     padded = torch.zeros(*lead, n, groups * group_size, dtype=torch.float32, device=w.device)
     padded[..., :k] = w.float()
     tiles = padded.view(*lead, n, groups, group_size)
-    scale = (tiles.abs().amax(dim=-1) / 7.5).clamp_min(FP8_SCALE_EPS).to(scale_dtype)
-    q = torch.round(tiles / scale.float()[..., None]).clamp(-8, 7)
+    scale = int4_group_scale(tiles.abs().amax(dim=-1), scale_dtype)
+    q = int4_codes(tiles / scale.float()[..., None])
     q = q.view(*lead, n, groups * group_size)[..., :k]
     return pack_int4_ref(q), scale
 

@@ -11,20 +11,29 @@ from qtools.checkpoint.config import ModelConfig
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _EXPERT = re.compile(r"mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight")
+# An expert's module or any of its tensors (`weight`, and the scales and codes quantised formats add).
+_EXPERT_ANY = re.compile(r"mlp\.experts\.(\d+)\.(gate|up|down)_proj(\.weight\w*)?")
+
+
+def module_of(name: str) -> str:
+    """The module a tensor name belongs to: the name without its last part when that is a `weight*` tensor
+    (`weight`, or what quantised formats store beside or instead of it: `weight_scale`, `weight_packed`, ...)."""
+    module, _, last = name.rpartition(".")
+    return module if module and last.startswith("weight") else name
 
 
 def layer_and_expert(name: str) -> tuple[int | None, int | None]:
-    """(layer index, expert index) a tensor name carries, None where it carries none."""
+    """(layer index, expert index) a tensor or module name carries, None where it carries none."""
     layer_match = _LAYER.fullmatch(name)
     if not layer_match:
         return None, None
-    expert_match = _EXPERT.fullmatch(layer_match.group(2))
+    expert_match = _EXPERT_ANY.fullmatch(layer_match.group(2))
     return int(layer_match.group(1)), int(expert_match.group(1)) if expert_match else None
 
 
 def family(name: str) -> str:
     """A tensor's module family, e.g. `experts.gate_proj`, `self_attn.q_proj`, `router`, `norm`, `embed_tokens`."""
-    module = name.rsplit(".", 1)[0] if name.endswith((".weight", ".weight_scale_inv", ".weight_scale")) else name
+    module = module_of(name)
     if module == "model.embed_tokens":
         return "embed_tokens"
     if module == "lm_head":
@@ -111,15 +120,19 @@ def expected_shape(name: str, config: dict | ModelConfig) -> tuple[int, ...] | N
     return _layer_shapes(c).get(rest)
 
 
-def check_against_config(name: str, shape: tuple[int, ...], config: dict | ModelConfig) -> str | None:
-    """A message when a tensor's name or shape disagrees with config.json, else None."""
+def check_against_config(
+    name: str, shape: tuple[int, ...], config: dict | ModelConfig, shown: str | None = None
+) -> str | None:
+    """A message when a tensor's name or shape disagrees with config.json, else None. `shown` names the tensor
+    in the message instead of `name` (a quantised module whose dense `name` is stored as other tensors)."""
     c = model_config(config)
+    name_shown = shown or name
     layer, expert = layer_and_expert(name)
     if layer is not None and layer >= c.num_layers:
-        return f"{name}: layer {layer} but config.json has num_hidden_layers={c.num_layers}"
+        return f"{name_shown}: layer {layer} but config.json has num_hidden_layers={c.num_layers}"
     if expert is not None and expert >= c.num_experts:
-        return f"{name}: expert {expert} but config.json has num_experts={c.num_experts}"
+        return f"{name_shown}: expert {expert} but config.json has num_experts={c.num_experts}"
     expected = expected_shape(name, c)
     if expected is not None and tuple(shape) != expected:
-        return f"{name}: shape {tuple(shape)} but config.json implies {expected}"
+        return f"{name_shown}: shape {tuple(shape)} but config.json implies {expected}"
     return None

@@ -10,17 +10,18 @@ from qtools.checkpoint.hf import INDEX_NAME, Checkpoint
 from qtools.checkpoint.qwen3_moe import check_against_config, expected_shapes
 from qtools.checkpoint.safetensors_io import TensorInfo, TensorSpec
 from qtools.errors import QtoolsError, some_names
-from qtools.formats.fp8_block import FORMATS, Fp8BlockFormat
+from qtools.formats import Format, LinearLayout, format_for_recipe
 from qtools.recipe import Recipe
 
 
 @dataclass(frozen=True)
 class TensorAction:
-    """What happens to one source tensor: `quantize` (to codes + scale) or `copy` (bit-identical)."""
+    """What happens to one source tensor: `quantize` (into the tensors of `layout`) or `copy` (bit-identical)."""
 
     source: TensorInfo
     quantize: bool
     outputs: tuple[TensorSpec, ...]
+    layout: LinearLayout | None = None
 
 
 @dataclass
@@ -52,7 +53,7 @@ def check_complete(checkpoint: Checkpoint) -> None:
         )
 
 
-def _check_expressible(fmt: Fp8BlockFormat, module: str, recipe: Recipe) -> None:
+def _check_expressible(fmt: Format, module: str, recipe: Recipe) -> None:
     """QtoolsError when the recipe quantises a module that `fmt` cannot hold quantised (see `cannot_hold`)."""
     reason = fmt.cannot_hold(module)
     if reason:
@@ -69,9 +70,10 @@ def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
     Checks: config.json is a usable Qwen3-MoE config (`Checkpoint.model_config`), the index holds every tensor it
     implies, shard headers are valid and hold exactly what the index says, tensor shapes agree with config.json,
     every quantised tensor is a 2-D floating-point `.weight` of a module the output format can hold quantised (not
-    the router, lm_head or the embedding), and the recipe matches at least one tensor.
+    the router, lm_head or the embedding) in a shape its layout takes (INT4: whole groups), and the recipe
+    matches at least one tensor.
     """
-    fmt = FORMATS[recipe.format]
+    fmt = format_for_recipe(recipe)
     config = checkpoint.model_config
     check_complete(checkpoint)
     plan = ConversionPlan()
@@ -99,13 +101,27 @@ def plan_conversion(checkpoint: Checkpoint, recipe: Recipe) -> ConversionPlan:
                         f"{checkpoint.root / shard}: tensor {name!r} is {info.dtype} {list(info.shape)}; "
                         "the recipe targets it but only 2-D floating-point (bf16/fp16/fp32) weights can be quantised"
                     )
-                outputs = fmt.planned_tensors(module, info.shape, recipe.block_size, recipe.scale_dtype)
+                try:
+                    layout = fmt.layout_for(module)
+                except ValueError as error:
+                    raise QtoolsError(
+                        f"the recipe's targets and fp8_targets both match {module!r} ({error}); make them disjoint"
+                    ) from None
+                problem = layout.shape_problem(info.shape)
+                if problem:
+                    raise QtoolsError(
+                        f"{checkpoint.root / shard}: tensor {name!r} {list(info.shape)} cannot be stored as "
+                        f"{layout.describe()}: {problem}; leave the module out of the recipe's targets or choose "
+                        "another group size"
+                    )
+                outputs = layout.tensor_specs(module, info.shape, info.dtype)
                 plan.converted_modules.append(module)
             else:
+                layout = None
                 outputs = (TensorSpec(name, info.dtype, info.shape),)
                 if name.endswith(".weight") and len(info.shape) == 2 and module != "model.embed_tokens":
                     plan.kept_linear_modules.append(module)
-            actions.append(TensorAction(info, wanted, outputs))
+            actions.append(TensorAction(info, wanted, outputs, layout))
         plan.actions[shard] = actions
     if not plan.converted_modules:
         raise QtoolsError(

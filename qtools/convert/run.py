@@ -38,7 +38,7 @@ from qtools.convert.state import (
 )
 from qtools.convert.workers import run_jobs
 from qtools.errors import QtoolsError
-from qtools.formats.fp8_block import FORMATS
+from qtools.formats import format_for_recipe
 from qtools.recipe import Recipe
 
 
@@ -97,8 +97,6 @@ class ShardJob:
     destination: Path
     shard: str
     actions: list[TensorAction]
-    block_size: tuple[int, int]
-    scale_dtype: str
     device: str
     threads: int | None = None
 
@@ -128,16 +126,7 @@ def _convert_job(job: ShardJob, on_bytes: Callable[[int], None] | None) -> Shard
         torch.set_num_threads(job.threads)
     source = job.source / job.shard
     before = source_identity(source)
-    record = convert_shard(
-        source,
-        job.destination / job.shard,
-        job.actions,
-        job.block_size,
-        job.scale_dtype,
-        job.device,
-        on_bytes,
-        before,
-    )
+    record = convert_shard(source, job.destination / job.shard, job.actions, job.device, on_bytes, before)
     if source_identity(source) != before:
         (job.destination / job.shard).unlink(missing_ok=True)
         raise QtoolsError(f"{source}: changed while it was being converted; rerun once nothing writes to it")
@@ -161,17 +150,13 @@ def _convert_shards(
     checkpoint: Checkpoint,
     destination: Path,
     plan: ConversionPlan,
-    recipe: Recipe,
     shards: list[str],
     workers: int,
     device: str,
     hooks: ProgressHooks,
 ) -> list[ShardRecord]:
     def job(shard: str, threads: int | None = None) -> ShardJob:
-        actions = plan.actions[shard]
-        return ShardJob(
-            checkpoint.root, destination, shard, actions, recipe.block_size, recipe.scale_dtype, device, threads
-        )
+        return ShardJob(checkpoint.root, destination, shard, plan.actions[shard], device, threads)
 
     def done(shard: str, _: ShardRecord) -> None:
         if hooks.on_shard_done:
@@ -237,9 +222,8 @@ def _finalize(
             _copy_file(checkpoint.root / relative, destination / relative)
     config = dict(checkpoint.config)
     num_layers = int(config.get("num_hidden_layers", 0))
-    fmt = FORMATS[recipe.format]
-    config["quantization_config"] = fmt.quantization_config(
-        recipe.block_size, plan.kept_linear_modules, num_layers, _compressed_tensors_version()
+    config["quantization_config"] = format_for_recipe(recipe).quantization_config(
+        plan.kept_linear_modules, num_layers, _compressed_tensors_version()
     )
     write_json(destination / "config.json", config)
     weight_map = {name: shard for shard, rec in records.items() for name in rec.tensors}
@@ -327,7 +311,7 @@ def convert_checkpoint(
             if hooks.on_start:
                 hooks.on_start(todo_bytes, len(todo), summary.shards_reused)
             records = group.run_everywhere(
-                lambda: _convert_shards(checkpoint, destination, plan, recipe, todo, count, device, hooks)
+                lambda: _convert_shards(checkpoint, destination, plan, todo, count, device, hooks)
             )
             output_bytes = group.run_on_rank0_then_share(
                 lambda: _finalize(checkpoint, destination, plan, recipe, extras)

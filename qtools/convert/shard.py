@@ -1,8 +1,9 @@
 """Converting one shard: stream its tensors into an output shard of the same name.
 
 Tensors are visited in the order they lie in the source file, so the source is read once, front to back.
-Quantised weights are read 128 rows at a time: each row of blocks gives its scales and codes at once, and the
-codes go straight to their planned place in the output (the layout is fixed before any data is written).
+Quantised weights are read a few rows at a time (`LinearLayout.rows_per_step`: one row of FP8 blocks, 128 rows
+of INT4 groups), each step giving the following rows of every output tensor at once (codes and scales), which go
+straight to their planned place in the output (the layout is fixed before any data is written).
 Passthrough tensors are copied byte for byte, each chunk checked for NaN/Inf on its way through (a source that
 holds any is refused before its output shard is finished). Memory stays at one row of blocks plus one copy chunk,
 whatever the tensor or shard size. Every byte read is hashed on the way (XXH3-64 per tensor), so the record of a
@@ -22,9 +23,7 @@ import xxhash
 from qtools.checkpoint.safetensors_io import SafetensorsReader, StreamingWriter, TensorInfo
 from qtools.convert.plan import TensorAction
 from qtools.errors import QtoolsError
-from qtools.formats.fp8_block import SCALE_DTYPES
-from qtools.numerics.finite import all_finite
-from qtools.numerics.fp8 import NonFiniteWeightError, block_row_scales, quantize_block_row
+from qtools.numerics.finite import NonFiniteWeightError, all_finite
 
 
 @dataclass
@@ -47,27 +46,21 @@ def _quantize_tensor(
     reader: SafetensorsReader,
     writer: StreamingWriter,
     action: TensorAction,
-    block: tuple[int, int],
-    scale_dtype: torch.dtype,
     device: str,
     on_bytes: Callable[[int], None] | None,
 ) -> bytes:
-    """Quantise one weight into its planned codes and scales; returns the XXH3-64 of the source bytes read."""
-    info = action.source
-    codes_spec, scale_spec = action.outputs
-    bo, bi = block
-    scale_rows = []
+    """Quantise one weight into its planned tensors; returns the XXH3-64 of the source bytes read."""
+    info, layout = action.source, action.layout
+    module = info.name.removesuffix(".weight")
     read = xxhash.xxh3_64()
-    for first in range(0, info.shape[0], bo):
-        rows = reader.read_rows(info.name, first, bo)
+    for first in range(0, info.shape[0], layout.rows_per_step):
+        rows = reader.read_rows(info.name, first, layout.rows_per_step)
         read.update(rows.view(-1).view(torch.uint8).numpy())
-        rows = rows.to(device)
-        # Codes are computed with the scale exactly as stored, so a bf16 scale is rounded first.
-        scales = block_row_scales(rows, bi).to(scale_dtype)
-        writer.write_part(codes_spec.name, quantize_block_row(rows, scales.float(), bi).cpu())
-        scale_rows.append(scales.cpu())
+        for suffix, part in layout.quantize_rows(rows.to(device)).items():
+            writer.write_part(f"{module}.{suffix}", part.cpu())
         _report(on_bytes, rows.numel() * rows.element_size())
-    writer.write(scale_spec.name, torch.stack(scale_rows) if scale_rows else torch.empty(scale_spec.shape))
+    for suffix, tensor in layout.constant_tensors(info.shape).items():
+        writer.write(f"{module}.{suffix}", tensor)
     return read.digest()
 
 
@@ -75,8 +68,6 @@ def convert_shard(
     source: Path,
     destination: Path,
     actions: list[TensorAction],
-    block: tuple[int, int],
-    scale_dtype: str,
     device: str = "cpu",
     on_bytes: Callable[[int], None] | None = None,
     source_identity: dict[str, int | str] | None = None,
@@ -100,8 +91,7 @@ def convert_shard(
                 _report(on_bytes, info.nbytes)
                 continue
             try:
-                scales = SCALE_DTYPES[scale_dtype]
-                read_digest.update(_quantize_tensor(reader, writer, action, block, scales, device, on_bytes))
+                read_digest.update(_quantize_tensor(reader, writer, action, device, on_bytes))
             except NonFiniteWeightError as error:
                 raise QtoolsError(f"{source}: tensor {info.name!r}: {error}") from error
         sha256 = writer.close()

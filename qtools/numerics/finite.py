@@ -1,8 +1,13 @@
-"""`all_finite`: does a tensor hold only finite values? (the test convert and verify apply to kept tensors)."""
+"""Finite-value checks shared by every quantiser and by verify: `all_finite` (kept tensors), `abs_max` (the
+amax a scale is computed from, which also exposes NaN/Inf) and `NonFiniteWeightError`."""
 
 from __future__ import annotations
 
 import torch
+
+
+class NonFiniteWeightError(ValueError):
+    """A weight holds NaN or Inf; no quantised format can represent it and the source is likely corrupt."""
 
 
 def all_finite(values: torch.Tensor) -> bool:
@@ -18,3 +23,19 @@ def all_finite(values: torch.Tensor) -> bool:
         values = values.float()
     low, high = torch.aminmax(values)
     return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
+_SIGN_MASKS = {2: (torch.int16, 0x7FFF), 4: (torch.int32, 0x7FFFFFFF)}
+
+
+def abs_max(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """amax(|values|) over `dims`, as float32; NaN where a reduced slice holds NaN, Inf where it holds Inf.
+
+    For IEEE floats, clearing the sign bit gives |x| and the integer order of the bits is the order of the values
+    (NaN above Inf above every finite value), so one integer reduction replaces abs() plus a float reduction.
+    """
+    mask = _SIGN_MASKS.get(values.element_size())
+    if mask is None or not values.is_floating_point():
+        return values.abs().amax(dim=dims).float()
+    int_dtype, sign_off = mask
+    return (values.view(int_dtype) & sign_off).amax(dim=dims).view(values.dtype).float()

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from qtools.numerics.finite import NonFiniteWeightError, abs_max
 from qtools_kernels.reference import FP8_DTYPE, fp8_block_scale, fp8_e4m3_codes
 from qtools_kernels.reference import FP8_E4M3_MAX as FP8_MAX
 
@@ -30,10 +31,6 @@ __all__ = [
     "quantize_fp8_block",
     "scale_shape",
 ]
-
-
-class NonFiniteWeightError(ValueError):
-    """A weight holds NaN or Inf; FP8 cannot represent it and the source is likely corrupt."""
 
 
 def scale_shape(shape: tuple[int, ...], block: tuple[int, int] = (128, 128)) -> tuple[int, int]:
@@ -53,22 +50,6 @@ def block_scales_reference(weight: torch.Tensor, block: tuple[int, int] = (128, 
     return fp8_block_scale(padded.view(n_out, block[0], n_in, block[1]).abs().amax(dim=(1, 3)))
 
 
-_SIGN_MASKS = {2: (torch.int16, 0x7FFF), 4: (torch.int32, 0x7FFFFFFF)}
-
-
-def _abs_max(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """amax(|values|) over `dims`, as float32.
-
-    For IEEE floats, clearing the sign bit gives |x| and the integer order of the bits is the order of the values
-    (NaN above Inf above every finite value), so one integer reduction replaces abs() plus a float reduction.
-    """
-    mask = _SIGN_MASKS.get(values.element_size())
-    if mask is None or not values.is_floating_point():
-        return values.abs().amax(dim=dims).float()
-    int_dtype, sign_off = mask
-    return (values.view(int_dtype) & sign_off).amax(dim=dims).view(values.dtype).float()
-
-
 def block_row_scales(rows: torch.Tensor, block_in: int = 128) -> torch.Tensor:
     """Scales of one row of blocks: rows [<=bo, in] -> float32 [ceil(in/block_in)] = amax/448 (1.0 if zero).
 
@@ -80,9 +61,9 @@ def block_row_scales(rows: torch.Tensor, block_in: int = 128) -> torch.Tensor:
     # abs and max are exact in the source dtype, so the amax is taken before widening to float32.
     amax = torch.empty(n_in, dtype=torch.float32, device=rows.device)
     if full_in:
-        amax[: full_in // block_in] = _abs_max(rows[:, :full_in].reshape(n_rows, full_in // block_in, block_in), (0, 2))
+        amax[: full_in // block_in] = abs_max(rows[:, :full_in].reshape(n_rows, full_in // block_in, block_in), (0, 2))
     if full_in < in_features:
-        amax[-1] = _abs_max(rows[:, full_in:], (0, 1))
+        amax[-1] = abs_max(rows[:, full_in:], (0, 1))
     # amax propagates NaN and Inf, so this finds every non-finite value without another pass.
     if not torch.isfinite(amax).all():
         raise NonFiniteWeightError("weight holds NaN/Inf values")

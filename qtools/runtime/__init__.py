@@ -1,5 +1,5 @@
-"""The project's own Qwen3-MoE runtime: loads BF16, hf-fp8 and compressed-tensors FP8_BLOCK checkpoints straight
-from safetensors and runs them with a pure-torch dequantising reference (see docs/runtime.md).
+"""The project's own Qwen3-MoE runtime: loads BF16, hf-fp8, compressed-tensors FP8_BLOCK and W4A16 checkpoints
+straight from safetensors and runs them with a pure-torch dequantising reference (see docs/runtime.md).
 
 `load_model(path)(input_ids [B, T])` gives float32 logits [B, T, vocab]; `load_layer(path, i)` one decoder
 layer that runs alone over captured hidden states; `generate` decodes with a KV cache.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from qtools.errors import QtoolsError
-from qtools.runtime.weights import Fp8BlockLinear, RuntimeLinear
+from qtools.runtime.weights import Fp8BlockLinear, Int4GroupLinear, RuntimeLinear
 
 if TYPE_CHECKING:
     from qtools.runtime.layers import MoeBlock
@@ -61,17 +62,41 @@ def _pack_fp8_experts(block: MoeBlock) -> tuple[torch.Tensor, ...] | None:
     return w13, w13_scale.float(), w2, w2_scale.float()
 
 
+def _pack_int4_experts(block: MoeBlock) -> tuple[tuple[torch.Tensor, ...], int] | None:
+    """((w13_packed, w13_scale, w2_packed, w2_scale), group) in the layout of `qtools_kernels.fused_moe_w4a16`
+    ([E, 2I, H/8] / [E, 2I, H/g] with gate rows then up rows, [E, H, I/8] / [E, H, I/g]), or None when the
+    experts are not all INT4 with one power-of-two group size (what the kernel tiles by). Each expert's buffers
+    are then rebound to their views of the stacks, so the packed codes are held once, not twice."""
+    linears = [(e.gate_proj, e.up_proj, e.down_proj) for e in block.experts]
+    if not all(isinstance(linear, Int4GroupLinear) for triple in linears for linear in triple):
+        return None
+    group = linears[0][0].group_size
+    if {linear.group_size for triple in linears for linear in triple} != {group} or group < 16 or group & (group - 1):
+        return None
+    w13 = torch.stack([torch.cat([gate.weight_packed, up.weight_packed]) for gate, up, _ in linears])
+    w13_scale = torch.stack([torch.cat([gate.weight_scale, up.weight_scale]) for gate, up, _ in linears])
+    w2 = torch.stack([down.weight_packed for _, _, down in linears])
+    w2_scale = torch.stack([down.weight_scale for _, _, down in linears])
+    width = linears[0][0].out_features
+    for index, (gate, up, down) in enumerate(linears):
+        gate.weight_packed, up.weight_packed, down.weight_packed = w13[index, :width], w13[index, width:], w2[index]
+        gate.weight_scale, up.weight_scale = w13_scale[index, :width], w13_scale[index, width:]
+        down.weight_scale = w2_scale[index]
+    return (w13, w13_scale, w2, w2_scale), group
+
+
 class TritonBackend(TorchBackend):
     """FP8 block-wise linears with dynamic activations run `qtools_kernels.fp8_block_linear` (W8A8 block GEMM);
-    a MoE block whose experts are all such linears runs `qtools_kernels.fused_moe_fp8_block`, on expert weights
-    stacked into the kernel's [E, 2I, H] / [E, H, I] layout once per block (the experts' own buffers become views
-    of the stacks). Every other layer runs the torch reference."""
+    a MoE block whose experts are all such linears runs `qtools_kernels.fused_moe_fp8_block`, and one whose
+    experts are all INT4 (W4A16) runs `qtools_kernels.fused_moe_w4a16`, on expert weights stacked into the
+    kernel's [E, 2I, ...] / [E, H, ...] layout once per block (the experts' own buffers become views of the
+    stacks). Every other layer runs the torch reference."""
 
     name = "triton"
 
     def __init__(self, kernels: ModuleType):
         self.kernels = kernels
-        self._packed: weakref.WeakKeyDictionary[MoeBlock, tuple[torch.Tensor, ...] | None] = weakref.WeakKeyDictionary()
+        self._packed: weakref.WeakKeyDictionary[MoeBlock, Callable | None] = weakref.WeakKeyDictionary()
 
     def linear(self, x: torch.Tensor, layer: RuntimeLinear) -> torch.Tensor:
         if _is_w8a8_block(layer):
@@ -80,13 +105,24 @@ class TritonBackend(TorchBackend):
             return out.view(*x.shape[:-1], layer.out_features)
         return super().linear(x, layer)
 
+    def _fused_experts(self, block: MoeBlock) -> Callable | None:
+        """The kernel call for `block`'s experts, (x, weights, ids) -> [N, hidden], or None (torch path)."""
+        fp8 = _pack_fp8_experts(block)
+        if fp8 is not None:
+            return lambda x, weights, ids: self.kernels.fused_moe_fp8_block(x, *fp8, weights, ids)
+        int4 = _pack_int4_experts(block)
+        if int4 is not None:
+            tensors, group = int4
+            return lambda x, weights, ids: self.kernels.fused_moe_w4a16(x, *tensors, weights, ids, group)
+        return None
+
     def moe(self, block: MoeBlock, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if block not in self._packed:
-            self._packed[block] = _pack_fp8_experts(block)
-        packed = self._packed[block]
-        if packed is None or x.dtype not in (torch.bfloat16, torch.float16):
+            self._packed[block] = self._fused_experts(block)
+        fused = self._packed[block]
+        if fused is None or x.dtype not in (torch.bfloat16, torch.float16):
             return super().moe(block, x, weights, ids)
-        return self.kernels.fused_moe_fp8_block(x.contiguous(), *packed, weights.contiguous(), ids.to(torch.int32))
+        return fused(x.contiguous(), weights.contiguous(), ids.to(torch.int32))
 
 
 def _triton_backend(device: torch.device) -> TritonBackend:

@@ -15,14 +15,14 @@ from qtools.runtime.backend import resolve_backend
 from qtools.runtime.layers import Attention, DecoderLayer, Expert, MoeBlock, RMSNorm
 from qtools.runtime.model import Qwen3MoeModel, RuntimeInfo
 from qtools.runtime.rope import RotaryEmbedding
-from qtools.runtime.weights import DenseLinear, LoadOptions, RuntimeLinear, WeightSource, detect_format
+from qtools.runtime.weights import DenseLinear, LoadOptions, RuntimeLinear, WeightSource, detect_format, load_linear
 
 
 class CheckpointLoader:
     """Reads a Qwen3-MoE checkpoint's modules: decoder layers one at a time, and the embedding/norm/lm_head.
 
     `act_quant=None` follows the checkpoint: FP8 linears fake-quantise their inputs exactly when the served
-    model quantises activations dynamically (FP8 block-wise: yes; dense: nothing to quantise).
+    model quantises activations dynamically (FP8 block-wise: yes; dense and W4A16: nothing to quantise).
     """
 
     def __init__(
@@ -46,10 +46,10 @@ class CheckpointLoader:
     @property
     def info(self) -> RuntimeInfo:
         """How the model is loaded (format, backend, act_quant), known before any tensor is read."""
-        return RuntimeInfo(self.format.name, self.options.backend.name, self.options.act_quant)
+        return RuntimeInfo(self.format.label, self.options.backend.name, self.options.act_quant)
 
     def linear(self, module: str, shape: tuple[int, int]) -> RuntimeLinear:
-        return self.format.load_linear(self.source, module, shape, self.options)
+        return load_linear(self.format, self.source, module, shape, self.options)
 
     def norm(self, module: str, dim: int) -> RMSNorm:
         weight = self.source.read_shape_checked(f"{module}.weight", (dim,), self.options.device, self.options.dtype)
@@ -125,10 +125,10 @@ def load_model(
     act_quant: bool | None = None,
     cache_dequantized: bool = False,
 ) -> Qwen3MoeModel:
-    """Load a BF16, hf-fp8 or compressed-tensors FP8_BLOCK Qwen3-MoE checkpoint; `model(ids [B, T])` gives
-    float32 logits [B, T, vocab].
+    """Load a BF16, hf-fp8, compressed-tensors FP8_BLOCK or W4A16 (pack-quantized) Qwen3-MoE checkpoint;
+    `model(ids [B, T])` gives float32 logits [B, T, vocab].
 
-    dtype: compute dtype of activations and dense weights (FP8 weights are dequantised to it per call).
+    dtype: compute dtype of activations and dense weights (quantised weights are dequantised to it per call).
     backend: "torch" (dequantising reference) or "triton" (needs qtools_kernels, Triton and CUDA).
     stream_layers: keep one decoder layer in memory at a time (see `Qwen3MoeModel.forward_streamed`).
     act_quant: simulate the served model's dynamic per-token-group FP8 activation quantisation in FP8 linears;

@@ -1,42 +1,55 @@
-"""Weight formats the runtime loads. A format is one module with a `detect(quantization_config)` function
-returning an object whose `load_linear` builds that format's linear layer; add new ones to `_DETECTORS`."""
+"""Linear layers the runtime builds from a checkpoint, one module per weight format: dense, FP8 block-wise
+(`fp8_block`) and INT4 W4A16 (`int4`). What each format stores is `qtools.formats`'s; `load_linear` asks the
+checkpoint's format which layout holds a module (by its tensors) and builds that layout's layer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from qtools.errors import QtoolsError
-from qtools.runtime.weights import dense, fp8_block
-from qtools.runtime.weights.base import LinearBackend, LoadOptions, RuntimeLinear, WeightFormat
-from qtools.runtime.weights.dense import DenseLinear
-from qtools.runtime.weights.fp8_block import Fp8BlockLinear
+from qtools.formats import SUPPORTED, Format, Fp8BlockLayout, Int4GroupLayout, LinearLayout, detect
+from qtools.runtime.weights.base import LinearBackend, LoadOptions, RuntimeLinear
+from qtools.runtime.weights.dense import DenseLinear, load_dense_linear
+from qtools.runtime.weights.fp8_block import Fp8BlockLinear, load_fp8_block_linear
+from qtools.runtime.weights.int4 import Int4GroupLinear, load_int4_linear
 from qtools.runtime.weights.source import WeightSource
 
-_DETECTORS = (dense.detect, fp8_block.detect)
-SUPPORTED = "dense BF16/FP16/FP32, hf-fp8 block-wise, compressed-tensors FP8_BLOCK (float-quantized)"
+_LOADERS: dict[type, Callable[..., RuntimeLinear]] = {
+    Fp8BlockLayout: load_fp8_block_linear,
+    Int4GroupLayout: load_int4_linear,
+}
 
 
-def detect_format(config: dict) -> WeightFormat:
+def detect_format(config: dict) -> Format:
     """The weight format of a checkpoint from its config.json; raises QtoolsError for an unsupported one."""
-    quantization_config = config.get("quantization_config")
-    for detector in _DETECTORS:
-        found = detector(quantization_config)
-        if found is not None:
-            return found
-    method = quantization_config.get("quant_method")
-    layout = quantization_config.get("format")
-    raise QtoolsError(
-        f"config.json: quantization_config quant_method={method!r} format={layout!r} is not supported by the "
-        f"runtime yet (supported: {SUPPORTED})"
-    )
+    return detect(config)
+
+
+def load_linear(
+    fmt: Format, source: WeightSource, module: str, shape: tuple[int, int], options: LoadOptions
+) -> RuntimeLinear:
+    """The linear layer `module` (e.g. `model.layers.0.self_attn.q_proj`) with weight `shape` [out, in], in
+    the layout its tensors say (dense when none of `fmt`'s does); raises QtoolsError when the stored tensors
+    disagree with `shape` or with each other."""
+    for layout in fmt.layouts:
+        problems = layout.storage_problems(module, source.lookup)
+        if problems:
+            raise QtoolsError(f"{source.checkpoint.root}: {problems[0]}")
+    layout: LinearLayout | None = fmt.layout_of(module, source.lookup)
+    if layout is None:
+        return load_dense_linear(source, module, shape, options)
+    return _LOADERS[type(layout)](layout, source, module, shape, options)
 
 
 __all__ = [
     "DenseLinear",
     "Fp8BlockLinear",
+    "Int4GroupLinear",
     "LinearBackend",
     "LoadOptions",
     "RuntimeLinear",
     "SUPPORTED",
-    "WeightFormat",
     "WeightSource",
     "detect_format",
+    "load_linear",
 ]

@@ -1,15 +1,12 @@
-"""What every weight format provides: a linear layer that can dequantise itself, and a loader for it."""
+"""What every runtime linear layer provides: its weight in its on-disk format, dequantised on demand."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from qtools.runtime.weights.source import WeightSource
 
 
 class LinearBackend(Protocol):
@@ -62,16 +59,19 @@ class RuntimeLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-class WeightFormat(Protocol):
-    """One on-disk weight format, recognised from config.json's `quantization_config`."""
+class DequantizedCache:
+    """A quantised layer's dense weight kept after its first use in `dtype` (the compute dtype): the same values,
+    computed once. Other dtypes (e.g. float32 for SQNR) are computed afresh and not kept; `dtype` None keeps
+    nothing."""
 
-    name: str
-    # True when the served model quantises linear inputs at run time (FP8 W8A8 dynamic); decides `act_quant`'s default.
-    dynamic_activations: bool
+    def __init__(self, dtype: torch.dtype | None):
+        self.dtype = dtype
+        self._weight: torch.Tensor | None = None
 
-    def load_linear(
-        self, source: WeightSource, module: str, shape: tuple[int, int], options: LoadOptions
-    ) -> RuntimeLinear:
-        """The linear layer `module` (e.g. `model.layers.0.self_attn.q_proj`) with weight `shape` [out, in],
-        read from `source`; raises QtoolsError when the stored tensors disagree with `shape` or the format."""
-        ...
+    def get(self, dtype: torch.dtype, compute) -> torch.Tensor:
+        """`compute(dtype)` [out, in], from the cache when `dtype` is the cached dtype."""
+        if dtype != self.dtype:
+            return compute(dtype)
+        if self._weight is None:
+            self._weight = compute(dtype)
+        return self._weight

@@ -29,20 +29,3 @@ def load_dense_linear(source: WeightSource, module: str, shape: tuple[int, int],
     if stored not in _DENSE_DTYPES:
         raise QtoolsError(f"{source.checkpoint.root}: {name} is {stored}, expected a dense float weight")
     return DenseLinear(source.read_shape_checked(name, shape, options.device, options.dtype), options.backend)
-
-
-class DenseFormat:
-    """A checkpoint without `quantization_config`: every linear is dense."""
-
-    name = "dense"
-    dynamic_activations = False
-
-    def load_linear(
-        self, source: WeightSource, module: str, shape: tuple[int, int], options: LoadOptions
-    ) -> RuntimeLinear:
-        return load_dense_linear(source, module, shape, options)
-
-
-def detect(quantization_config: dict | None) -> DenseFormat | None:
-    """The dense format when config.json has no `quantization_config`."""
-    return DenseFormat() if not quantization_config else None

@@ -27,6 +27,10 @@ class WeightSource:
             self._readers[shard] = self.checkpoint.reader(shard)
         return self._readers[shard]
 
+    def lookup(self, name: str) -> TensorInfo | None:
+        """dtype and shape of tensor `name`, None when the checkpoint has no such tensor."""
+        return self.info(name) if self.has(name) else None
+
     def info(self, name: str) -> TensorInfo:
         """dtype and shape of tensor `name`, from the shard header."""
         return self._reader(name).tensors[name]
