@@ -165,7 +165,7 @@ def textbook_gptq(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
 def test_sweep_scales_match_textbook_gptq(group_size):
     weight = expert_weights(2, 48, 256, seed=4)
     hessian = hessian_of(correlated_inputs(512, 256, seed=5))
-    ours = gptq_quantize_int4(weight, hessian, group_size=group_size)
+    ours = gptq_quantize_int4(weight, hessian, group_size=group_size, static_scales=False)
     for expert in range(2):
         codes, scales = textbook_gptq(weight[expert], hessian, group_size)
         agreement = (ours.codes[expert] == codes).float().mean().item()
@@ -186,11 +186,12 @@ def test_batched_equals_loop_over_experts(device, static_scales):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_shared_hessian_equals_identical_per_expert_hessians(device):
+@pytest.mark.parametrize("static_scales", [False, True])
+def test_shared_hessian_equals_identical_per_expert_hessians(device, static_scales):
     weight = expert_weights(4, 32, 256, seed=7).to(device)
     shared = hessian_of(correlated_inputs(384, 256, seed=8)).to(device)
-    one = gptq_quantize_int4(weight, shared, group_size=128)
-    stacked = gptq_quantize_int4(weight, shared.expand(4, -1, -1), group_size=128)
+    one = gptq_quantize_int4(weight, shared, group_size=128, static_scales=static_scales)
+    stacked = gptq_quantize_int4(weight, shared.expand(4, -1, -1), group_size=128, static_scales=static_scales)
     assert torch.equal(one.codes, stacked.codes) and torch.equal(one.scales, stacked.scales)
 
 
@@ -232,7 +233,7 @@ def test_actorder_matters_when_feature_scales_differ():
     print(f"act-order / plain output error: {error(ordered) / error(plain):.3f}")
     assert error(ordered) <= 0.8 * error(plain)
     with pytest.raises(ValueError, match="act-order needs static_scales=True"):
-        gptq_quantize_int4(weight, hessian_of(x), group_size=64, actorder=True)
+        gptq_quantize_int4(weight, hessian_of(x), group_size=64, static_scales=False, actorder=True)
 
 
 def test_expert_without_tokens_falls_back_to_rtn_never_zeros(peer):
@@ -295,7 +296,7 @@ def test_dead_columns_keep_their_weights():
     dead = torch.tensor([0, 5, 77, 130, 255])
     x[:, dead] = 0
     weight = expert_weights(2, 32, 256, seed=24)
-    result = gptq_quantize_int4(weight, hessian_of(x), group_size=64, static_scales=True)
+    result = gptq_quantize_int4(weight, hessian_of(x), group_size=64)
     rtn = quantize_int4_rtn(weight, int4_group_scales(weight, 64))
     assert result.dead_columns.tolist() == [5, 5] and not result.fallback.any()
     assert torch.equal(result.codes[:, :, dead], rtn[:, :, dead]) and rtn[:, :, dead].any()
