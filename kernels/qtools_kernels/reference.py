@@ -22,9 +22,12 @@ INT4_MIN, INT4_MAX = -8, 7
 INT4_SCALE_DIVISOR = (INT4_MAX - INT4_MIN) / 2
 """7.5: compressed-tensors' symmetric rule `scale = max(|min|, |max|) / ((q_max - q_min) / 2)`, so the group's
 largest magnitude lands on +-7.5 and rounds to 7 (positive, after the clamp) or -8 (negative)."""
-INT4_ZERO_GROUP_SCALE = 1.0
-"""weight_scale of an all-zero group (or one whose scale underflows the scale dtype): finite and positive; its
-codes (all 0) dequantise to 0. compressed-tensors writes its dtype's eps there; the weights are the same."""
+
+
+def int4_zero_group_scale(dtype: torch.dtype) -> float:
+    """weight_scale of an all-zero group (or one whose scale underflows the scale dtype): the dtype's eps, as
+    compressed-tensors writes (finite and positive; the group's codes are all 0 and dequantise to 0)."""
+    return torch.finfo(dtype).eps
 
 
 def cdiv(a: int, b: int) -> int:
@@ -240,15 +243,15 @@ def unpack_int4_ref(packed: torch.Tensor) -> torch.Tensor:
 
 def int4_group_scale(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The INT4 group rule: amax(|group|) of any shape -> weight_scale `dtype` of that shape, the fp32
-    quotient `amax / 7.5` rounded to `dtype`, or `INT4_ZERO_GROUP_SCALE` where that is 0 (all-zero group).
+    quotient `amax / 7.5` rounded to `dtype`, or `int4_zero_group_scale(dtype)` where that is 0 (all-zero group).
 
     The one definition of the rule: qtools' checkpoint converter (`qtools.numerics.int4`) and
     `quantize_int4_group_ref` (the kernels' test weights) both call it. Bit for bit compressed-tensors'
     `calculate_qparams` for symmetric int4 (its division in the weight dtype rounds the same fp32
-    quotient) wherever the group is not all zero.
+    quotient), all-zero groups included.
     """
     scale = (amax.float() / INT4_SCALE_DIVISOR).to(dtype)
-    return torch.where(scale > 0, scale, torch.full_like(scale, INT4_ZERO_GROUP_SCALE))
+    return torch.where(scale > 0, scale, torch.full_like(scale, int4_zero_group_scale(dtype)))
 
 
 def int4_codes(scaled: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """INT4 symmetric group-wise weight quantisation (W4A16, compressed-tensors `pack-quantized`).
 
 A weight W [out, in] is cut, row by row, into groups of `group` consecutive input channels; each group gets
-`weight_scale = amax(|group|) / 7.5` rounded to the scale dtype (1.0 for an all-zero group) and codes
+`weight_scale = amax(|group|) / 7.5` rounded to the scale dtype (the dtype's eps for an all-zero group) and codes
 `q = round(clamp(W / scale, -8, 7))` (the division in float32, by the scale as stored, rounding to nearest even).
 Eight codes are packed per int32, least significant nibble first, each stored as q + 8: `weight_packed`
 [out, in/8]. Dequantisation is `W ~= q * weight_scale`, group by group. The rules (`int4_group_scale`,
@@ -22,9 +22,9 @@ from qtools_kernels.reference import (
     INT4_MIN,
     INT4_OFFSET,
     INT4_SCALE_DIVISOR,
-    INT4_ZERO_GROUP_SCALE,
     int4_codes,
     int4_group_scale,
+    int4_zero_group_scale,
 )
 from qtools_kernels.reference import pack_int4_ref as pack_int4
 from qtools_kernels.reference import unpack_int4_ref as unpack_int4
@@ -35,11 +35,12 @@ __all__ = [
     "INT4_MIN",
     "INT4_OFFSET",
     "INT4_SCALE_DIVISOR",
-    "INT4_ZERO_GROUP_SCALE",
     "PACK_FACTOR",
     "NonFiniteWeightError",
     "dequantize_int4_group",
     "group_scales",
+    "int4_group_scales",
+    "int4_zero_group_scale",
     "int4_shape_problem",
     "pack_int4",
     "packed_shape",
@@ -84,7 +85,7 @@ def scale_shape(shape: tuple[int, ...], group: int) -> tuple[int, int]:
 
 def group_scales(rows: torch.Tensor, group: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Scales of some whole rows: rows [r, in] (in a multiple of `group`) -> `dtype` (default: the rows' dtype)
-    [r, in / group] = amax / 7.5 rounded to `dtype` (1.0 for an all-zero group).
+    [r, in / group] = amax / 7.5 rounded to `dtype` (its eps for an all-zero group).
 
     Raises NonFiniteWeightError if the rows hold NaN or Inf.
     """
@@ -95,6 +96,17 @@ def group_scales(rows: torch.Tensor, group: int, dtype: torch.dtype | None = Non
     if not torch.isfinite(amax).all():
         raise NonFiniteWeightError("weight holds NaN/Inf values")
     return int4_group_scale(amax, dtype or rows.dtype)
+
+
+def int4_group_scales(weight: torch.Tensor, group_size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Scales of stacked weights: [..., out, in] -> `dtype` (default: the weight's) [..., out, in / group_size], the
+    rule of `group_scales` (round-to-nearest and GPTQ both take their scales from here). Raises ValueError when `in`
+    is not a multiple of `group_size`, NonFiniteWeightError when the weights hold NaN or Inf."""
+    in_features = weight.shape[-1]
+    if group_size <= 0 or in_features % group_size:
+        raise ValueError(f"input width {in_features} is not a multiple of the INT4 group size {group_size}")
+    flat = weight.reshape(-1, in_features)
+    return group_scales(flat, group_size, dtype).view(*weight.shape[:-1], in_features // group_size)
 
 
 def quantize_rows(rows: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
