@@ -151,8 +151,8 @@ def textbook_gptq(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
     scales = torch.empty(w.shape[0], w.shape[1] // group_size, dtype=weight.dtype)
     for i in range(w.shape[1]):
         if i % group_size == 0:
-            amax = w[:, i : i + group_size].abs().amax(dim=1).to(weight.dtype)
-            scales[:, i // group_size] = amax / torch.tensor(7.5, dtype=weight.dtype)
+            # the updated weights are float32: their quotient amax / 7.5 is rounded once to the scale dtype
+            scales[:, i // group_size] = (w[:, i : i + group_size].abs().amax(dim=1) / 7.5).to(weight.dtype)
         s = scales[:, i // group_size]
         q = torch.round(w[:, i] / s).clamp(-8, 7)
         codes[:, i] = q.to(torch.int8)
