@@ -25,8 +25,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("building blocks", ("qtools.numerics", "qtools.chat", "qtools.generation")),
     ("checkpoint files", ("qtools.checkpoint",)),
     ("formats and recipes", ("qtools.formats", "qtools.recipe")),
-    ("engines", ("qtools.convert", "qtools.verify", "qtools.inspect", "qtools.runtime")),
-    ("pipelines", ("qtools.check", "qtools.toy")),
+    ("engines", ("qtools.convert", "qtools.verify", "qtools.inspect", "qtools.runtime", "qtools.calibration")),
+    # Calibrated conversion (qtools.gptq) runs the runtime's layers over calibration data and writes through
+    # qtools.convert's plan, state and writers: a pipeline over engines.
+    ("pipelines", ("qtools.check", "qtools.toy", "qtools.gptq")),
     ("command line", ("qtools.cli", "qtools.__main__")),
     # For tests, benchmarks and scripts: nothing in the library imports it.
     ("test support", ("qtools.testing",)),
