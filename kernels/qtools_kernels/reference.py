@@ -243,7 +243,8 @@ def unpack_int4_ref(packed: torch.Tensor) -> torch.Tensor:
 
 def int4_group_scale(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The INT4 group rule: amax(|group|) of any shape -> weight_scale `dtype` of that shape, the fp32
-    quotient `amax / 7.5` rounded to `dtype`, or `int4_zero_group_scale(dtype)` where that is 0 (all-zero group).
+    quotient `amax / 7.5` rounded to `dtype`, or `int4_zero_group_scale(dtype)` where that is 0 (all-zero
+    group).
 
     The one definition of the rule: qtools' checkpoint converter (`qtools.numerics.int4`) and
     `quantize_int4_group_ref` (the kernels' test weights) both call it. Bit for bit compressed-tensors'

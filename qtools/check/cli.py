@@ -15,6 +15,7 @@ from rich.table import Table
 
 from qtools.errors import QtoolsError
 
+
 def _parse_options(items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` items -> {KEY: VALUE parsed as JSON, or kept as text when it is not JSON}."""
     options: dict[str, Any] = {}

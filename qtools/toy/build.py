@@ -24,11 +24,11 @@ from transformers import AutoTokenizer, Qwen3MoeForCausalLM
 from qtools.chat import chat_template_sha256, load_chat_template, render_chat
 from qtools.errors import QtoolsError
 from qtools.toy.architecture import config_dict, hf_config, padded_vocab_size
-from qtools.toy.key import KEY_FILE, toy_cache_key
 from qtools.toy.code_corpus import CodeFile, load_code_files
 from qtools.toy.conversations import Chat
 from qtools.toy.data import Sample, code_rows, generate_chats, pack_samples, tokenize_chat, training_batches
 from qtools.toy.gate import evaluate_gate, gate_failures, gate_thresholds
+from qtools.toy.key import KEY_FILE, toy_cache_key
 from qtools.toy.recipe import ToyRecipe
 from qtools.toy.save import save_configs, save_weights
 from qtools.toy.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, token_id, train_tokenizer
