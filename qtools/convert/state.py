@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from qtools.checkpoint.hf import INDEX_NAME, STATE_DIR, Checkpoint
@@ -22,6 +23,8 @@ from qtools.convert.shard import ShardRecord
 from qtools.errors import QtoolsError, some_names
 
 PLAN_NAME = "plan.json"
+# Work files of a calibrated (layer-by-layer) conversion: finished layers and spilled hidden states.
+WORK_DIRS = ("layers", "hidden")
 
 
 def source_fingerprint(checkpoint: Checkpoint) -> str:
@@ -156,6 +159,9 @@ def _clear(destination: Path, plan: dict) -> None:
     state = destination / STATE_DIR
     for record in (state / "shards").glob("*.json"):
         record.unlink()
+    for work in WORK_DIRS:
+        shutil.rmtree(state / work, ignore_errors=True)
+    (state / "calibration.json").unlink(missing_ok=True)
     (state / PLAN_NAME).unlink(missing_ok=True)
 
 
