@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from qtools.checkpoint.hf import INDEX_NAME, STATE_DIR, Checkpoint
+from qtools.checkpoint.hf import CALIBRATION_REPORT, INDEX_NAME, STATE_DIR, Checkpoint
 from qtools.checkpoint.safetensors_io import read_raw_header, shard_digest, write_atomic
 from qtools.convert.lock import LOCK_NAME
 from qtools.convert.shard import ShardRecord
@@ -161,7 +161,7 @@ def _clear(destination: Path, plan: dict) -> None:
         record.unlink()
     for work in WORK_DIRS:
         shutil.rmtree(state / work, ignore_errors=True)
-    (state / "calibration.json").unlink(missing_ok=True)
+    (state / CALIBRATION_REPORT).unlink(missing_ok=True)
     (state / PLAN_NAME).unlink(missing_ok=True)
 
 

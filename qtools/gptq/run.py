@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from qtools.calibration import CalibrationSet
-from qtools.checkpoint.hf import INDEX_NAME, STATE_DIR, Checkpoint
+from qtools.checkpoint.hf import CALIBRATION_REPORT, INDEX_NAME, STATE_DIR, Checkpoint
 from qtools.checkpoint.safetensors_io import write_atomic
 from qtools.convert.lock import destination_lock
 from qtools.convert.plan import plan_conversion
@@ -47,7 +47,6 @@ from qtools.gptq.quantize import LayerTargets, install_quantized, quantize_layer
 from qtools.recipe import Recipe
 from qtools.runtime.loading import CheckpointLoader
 
-REPORT_NAME = "calibration.json"
 DEFAULT_BATCH = 8
 COMPUTE_DTYPE = torch.bfloat16
 
@@ -324,7 +323,7 @@ def convert_gptq(
             if (record := finished_record(destination, shard)) is None
             or source_change(record, source_identity(checkpoint.root / shard))
         ]
-        report_path = destination / STATE_DIR / REPORT_NAME
+        report_path = destination / STATE_DIR / CALIBRATION_REPORT
         if todo or not report_path.exists():
             first_todo = _first_unfinished_layer(destination, config.num_layers)
             summary.layers_reused = first_todo
