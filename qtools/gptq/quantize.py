@@ -7,6 +7,7 @@ codes are those of separate calls). The experts of a projection go through `gptq
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -101,11 +102,13 @@ def _expert_hessian(
 
 
 class _Quantizer:
-    def __init__(self, layer: DecoderLayer, recipe: Recipe, layout: Int4GroupLayout, device: str, prefix: str):
-        self.layer, self.recipe, self.layout, self.device, self.prefix = layer, recipe, layout, device, prefix
+    def __init__(self, recipe: Recipe, layout: Int4GroupLayout, device: str, prefix: str, dtype_of):
+        self.recipe, self.layout, self.device, self.prefix, self.dtype_of = recipe, layout, device, prefix, dtype_of
         self.result = LayerQuantization()
 
-    def run(self, weight: torch.Tensor, hessian: torch.Tensor, tokens: torch.Tensor | None) -> GPTQResult:
+    def run(self, module: str, weight: torch.Tensor, hessian: torch.Tensor, tokens: torch.Tensor | None) -> GPTQResult:
+        """GPTQ of weight [E, out, in] or [out, in]; scales in the dtype `module` is stored in at the source (the
+        model dtype: the layer may compute in float32, an exact widening of the BF16 weights)."""
         return gptq_quantize_int4(
             weight.to(self.device),
             hessian.to(self.device),
@@ -113,6 +116,7 @@ class _Quantizer:
             damp=self.recipe.damp,
             tokens=None if tokens is None else tokens.to(self.device),
             min_tokens=1,
+            scale_dtype=self.dtype_of(f"{self.prefix}.{module}"),
         )
 
     def store(self, module: str, codes: torch.Tensor, scales: torch.Tensor) -> None:
@@ -135,20 +139,22 @@ def quantize_layer(
     targets: LayerTargets,
     recipe: Recipe,
     layout: Int4GroupLayout,
+    dtype_of: Callable[[str], torch.dtype],
     device: str = "cpu",
 ) -> LayerQuantization:
-    """GPTQ of the targeted linears of `layer` (dense, as loaded from the BF16 shards) with `hessians`.
+    """GPTQ of the targeted linears of `layer` (dense, as loaded from the BF16 shards) with `hessians`;
+    `dtype_of(module)` is the dtype the source stores `module`'s weight in (that of its scales).
 
     Experts are quantised per projection, all at once: gate/up as one matrix per expert, then down. An expert
     routed fewer than `recipe.rtn_below_tokens` tokens is rounded to nearest (asked for); one whose Hessian holds
     no data (routed coverage, no token routed to it) or whose Cholesky fails at every dampening is rounded to
     nearest by the core (never zeroed); each is recorded in `fallbacks`.
     """
-    quantizer = _Quantizer(layer, recipe, layout, device, f"model.layers.{targets.index}")
+    quantizer = _Quantizer(recipe, layout, device, f"model.layers.{targets.index}", dtype_of)
     result = quantizer.result
     if targets.qkv:
         weights = [_dense_weight(layer, f"self_attn.{p}") for p in ATTENTION_INPUTS]
-        out = quantizer.run(torch.cat(weights), hessians.attention.mean, None)
+        out = quantizer.run("self_attn.q_proj", torch.cat(weights), hessians.attention.mean, None)
         start = 0
         for projection, weight in zip(ATTENTION_INPUTS, weights, strict=True):
             rows = slice(start, start + weight.shape[0])
@@ -158,7 +164,7 @@ def quantize_layer(
         if bool(out.fallback[0]):
             result.modules_fallback.append(f"{quantizer.prefix}.self_attn.qkv")
     if targets.o_proj:
-        out = quantizer.run(_dense_weight(layer, "self_attn.o_proj"), hessians.o_proj.mean, None)
+        out = quantizer.run("self_attn.o_proj", _dense_weight(layer, "self_attn.o_proj"), hessians.o_proj.mean, None)
         quantizer.store("self_attn.o_proj", out.codes[0], out.scales[0])
         quantizer.note_damp("self_attn.o_proj", out, 0)
         if bool(out.fallback[0]):
@@ -180,7 +186,7 @@ def quantize_layer(
         else:
             stacked = [_dense_weight(layer, f"mlp.experts.{e}.down_proj") for e in experts]
         hessian = _expert_hessian(recipe, hessians, projection, experts, prior_tokens)
-        out = quantizer.run(torch.stack(stacked), hessian, tokens)
+        out = quantizer.run(f"mlp.experts.{experts[0]}.down_proj", torch.stack(stacked), hessian, tokens)
         del hessian
         width = stacked[0].shape[0] // 2
         for slot, expert in enumerate(experts):

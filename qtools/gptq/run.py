@@ -48,7 +48,18 @@ from qtools.recipe import Recipe
 from qtools.runtime.loading import CheckpointLoader
 
 DEFAULT_BATCH = 8
-COMPUTE_DTYPE = torch.bfloat16
+# Activations and dense weights: the served model's bfloat16 on CUDA; float32 on CPU, where bf16 matmuls without
+# AMX run about 10x slower than float32 ones (and float32 of the BF16 weights is the more exact forward).
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def compute_dtype(name: str, device: str) -> torch.dtype:
+    """The compute dtype `name` (auto, bfloat16 or float32) means on `device`."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise QtoolsError(f"compute dtype {name!r}: choose auto, bfloat16 or float32")
+    return DTYPES[name]
 
 
 @dataclass
@@ -61,6 +72,8 @@ class GPTQHooks:
     on_advance: Callable[[int], None] | None = None  # units (sequences, or experts while quantising) done
     on_layer_done: Callable[[int, dict], None] | None = None  # (layer, its report)
     on_warning: Callable[[str], None] | None = None
+    # (layer, "attention" | "o_proj" | "moe", inputs [N, in]): what the Hessians of a layer being calibrated see.
+    on_inputs: Callable[[int, str, torch.Tensor], None] | None = None
 
     def warn(self, message: str) -> None:
         if self.on_warning:
@@ -168,12 +181,12 @@ def _full_report(recipe: Recipe, calibration: CalibrationSet, reports: list[dict
 
 def _warn_fallbacks(hooks: GPTQHooks, report: dict) -> None:
     for expert, projections in report["fallbacks"].items():
-        for projection, reason in projections.items():
-            tokens = report["routed_tokens"][int(expert)]
-            hooks.warn(
-                f"layer {report['layer']} expert {expert} {projection}: {reason} ({tokens} of {report['tokens']} "
-                "calibration tokens routed to it)"
-            )
+        tokens = report["routed_tokens"][int(expert)]
+        described = "; ".join(f"{projection}: {reason}" for projection, reason in projections.items())
+        hooks.warn(
+            f"layer {report['layer']} expert {expert}: {described} ({tokens} of {report['tokens']} calibration "
+            "tokens routed to it)"
+        )
     for module, damp in report["damp_raised"]:
         hooks.warn(f"{module}: Cholesky needed dampening {damp:g} (asked {damp:g})")
     for module in report["modules_fallback"]:
@@ -183,20 +196,21 @@ def _warn_fallbacks(hooks: GPTQHooks, report: dict) -> None:
 class _LayerRunner:
     """Runs one conversion's layers over the calibration hidden states."""
 
-    def __init__(self, checkpoint, destination, recipe, calibration, device, max_memory, batch_size, hooks):
+    def __init__(self, checkpoint, destination, recipe, calibration, device, dtype, max_memory, batch_size, hooks):
         self.destination, self.recipe, self.hooks = destination, recipe, hooks
-        self.device, self.batch = torch.device(device), batch_size
-        self.loader = CheckpointLoader(checkpoint, device, COMPUTE_DTYPE, "torch", act_quant=False)
+        self.device, self.batch, self.dtype = torch.device(device), batch_size, dtype
+        self.loader = CheckpointLoader(checkpoint, device, dtype, "torch", act_quant=False)
         self.config = self.loader.config
         self.layout = format_for_recipe(recipe).layout_for("model.layers.0.mlp.experts.0.gate_proj")
         self.ids = calibration.input_ids
         samples, length = self.ids.shape
         shape = (samples, length, self.config.hidden_size)
-        self.current, self.following = hidden_stores(
-            shape, COMPUTE_DTYPE, max_memory, destination / STATE_DIR / "hidden"
-        )
+        self.current, self.following = hidden_stores(shape, dtype, max_memory, destination / STATE_DIR / "hidden")
         self.positions = torch.arange(length, device=self.device)
         self.all_token_down = recipe.coverage in (ALL_TOKENS, BLEND)
+
+    def stored_dtype(self, module: str) -> torch.dtype:
+        return self.loader.source.info(f"{module}.weight").dtype
 
     def batches(self) -> list[tuple[int, int]]:
         samples = self.ids.shape[0]
@@ -205,7 +219,7 @@ class _LayerRunner:
     def embed(self) -> None:
         c = self.config
         table = self.loader.source.read_shape_checked(
-            "model.embed_tokens.weight", (c.vocab_size, c.hidden_size), self.device, COMPUTE_DTYPE
+            "model.embed_tokens.weight", (c.vocab_size, c.hidden_size), self.device, self.dtype
         )
         for first, count in self.batches():
             self.current.write(first, F.embedding(self.ids[first : first + count].to(self.device), table))
@@ -215,14 +229,19 @@ class _LayerRunner:
             layer, self.recipe.coverage, targets.qkv, targets.o_proj, bool(targets.experts)
         )
         self.hooks.phase(index, "calibrate", self.ids.shape[0])
-        with capturing(layer, hessians) as sink:
+        observer = None
+        if self.hooks.on_inputs is not None:
+            observer = lambda where, x: self.hooks.on_inputs(index, where, x)  # noqa: E731
+        with capturing(layer, hessians, observer) as sink:
             for first, count in self.batches():
                 layer(self.current.read(first, count, self.device), self.positions)
                 if self.all_token_down and targets.experts:
                     run_all_experts(layer, sink)
                 self.hooks.advance(count)
         self.hooks.phase(index, "quantise", len(targets.experts))
-        quantized = quantize_layer(layer, hessians, targets, self.recipe, self.layout, str(self.device))
+        quantized = quantize_layer(
+            layer, hessians, targets, self.recipe, self.layout, self.stored_dtype, str(self.device)
+        )
         self.hooks.advance(len(targets.experts))
         report = _layer_report(index, hessians, targets, quantized, self.ids.numel())
         save_layer(self.destination, index, quantized.tensors, report)
@@ -283,23 +302,26 @@ def convert_gptq(
     max_memory: int | None = None,
     batch_size: int = DEFAULT_BATCH,
     hooks: GPTQHooks | None = None,
+    dtype: str = "auto",
 ) -> GPTQSummary:
     """Convert the BF16 checkpoint at `source` into `destination` with the calibrated recipe `recipe` (method
     gptq) over `calibration` (token ids [N, T]); resumable after any interruption, see the module docstring.
 
     device: where the layers and GPTQ run (cpu, cuda, cuda:N). max_memory: bytes the two sets of hidden states
     ([N, T, hidden] bf16 each) may take in memory, past which they are spilled to `DST/.qtools/hidden/` (None: no
-    limit). batch_size: sequences per forward (part of the run's identity: it changes the float rounding).
+    limit). batch_size: sequences per forward; dtype: compute dtype of activations and dense weights (auto:
+    bfloat16 on CUDA, float32 on CPU). Both are part of the run's identity (they change the float rounding).
     Raises QtoolsError on bad input before anything is written.
     """
     source, destination = Path(source), Path(destination)
     hooks = hooks or GPTQHooks()
     started = time.perf_counter()
     check_device(device)
+    torch_dtype = compute_dtype(dtype, device)
     check_paths(source, destination)
     checkpoint = Checkpoint.open(source)
-    plan = plan_conversion(checkpoint, recipe)
     _validate(checkpoint, recipe, calibration, batch_size)
+    plan = plan_conversion(checkpoint, recipe)
     config = checkpoint.model_config
     for index in range(config.num_layers):
         LayerTargets.of(recipe, index, config.num_experts)
@@ -311,6 +333,7 @@ def convert_gptq(
         "recipe": json.loads(recipe.fingerprint()),
         "calibration": {"sha256": calibration.sha256, "shape": list(calibration.input_ids.shape)},
         "calibration_batch": batch_size,
+        "compute_dtype": str(torch_dtype).removeprefix("torch."),
     }
     summary = GPTQSummary(destination, config.num_layers)
     with ExitStack() as held:
@@ -330,7 +353,9 @@ def convert_gptq(
             summary.layers_calibrated = config.num_layers - first_todo
             if hooks.on_start:
                 hooks.on_start(config.num_layers, first_todo, calibration.tokens)
-            runner = _LayerRunner(checkpoint, destination, recipe, calibration, device, max_memory, batch_size, hooks)
+            runner = _LayerRunner(
+                checkpoint, destination, recipe, calibration, device, torch_dtype, max_memory, batch_size, hooks
+            )
             reports = runner.run(first_todo)
             del runner
             for shard in todo:
