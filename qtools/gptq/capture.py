@@ -32,6 +32,8 @@ class LayerHessians:
     """
 
     experts: int
+    # The experts whose Hessians are kept (this rank's share), in stack order: expert -> slot in the stacks.
+    slot: dict[int, int] = field(default_factory=dict)
     attention: HessianAccumulator | None = None
     o_proj: HessianAccumulator | None = None
     gate_up_all: HessianAccumulator | None = None
@@ -42,28 +44,31 @@ class LayerHessians:
 
     @classmethod
     def for_layer(
-        cls, layer: DecoderLayer, coverage: str, attention: bool, o_proj: bool, experts: bool
+        cls, layer: DecoderLayer, coverage: str, attention: bool, o_proj: bool, experts: tuple[int, ...]
     ) -> LayerHessians:
         """Empty accumulators for `layer` (float32, on its device): those the targeted modules (`attention`:
-        any of q/k/v, `o_proj`, `experts`) need under `coverage` (routed, all-tokens or blend)."""
+        q/k/v, `o_proj`, the `experts` listed) need under `coverage` (routed, all-tokens or blend). Per-expert
+        stacks hold the listed experts only."""
         attn, mlp = layer.self_attn, layer.mlp
         device = layer.input_layernorm.weight.device
         hidden, width = attn.q_proj.in_features, mlp.experts[0].down_proj.in_features
-        count = len(mlp.experts)
+        kept = len(experts)
 
         def make(features: int, stack: bool, wanted: bool) -> HessianAccumulator | None:
-            return HessianAccumulator(features, count if stack else None, device=device) if wanted else None
+            return HessianAccumulator(features, kept if stack else None, device=device) if wanted else None
 
         routed, everything = coverage in (ROUTED, BLEND), coverage in (ALL_TOKENS, BLEND)
+        experts_wanted = bool(experts)
         return cls(
-            experts=count,
+            experts=len(mlp.experts),
+            slot={expert: index for index, expert in enumerate(experts)},
             attention=make(hidden, False, attention),
             o_proj=make(attn.o_proj.in_features, False, o_proj),
-            gate_up_all=make(hidden, False, experts and everything),
-            gate_up_routed=make(hidden, True, experts and routed),
-            down_routed=make(width, True, experts and routed),
-            down_all=make(width, True, experts and everything),
-            routed_tokens=torch.zeros(count, dtype=torch.int64),
+            gate_up_all=make(hidden, False, experts_wanted and everything),
+            gate_up_routed=make(hidden, True, experts_wanted and routed),
+            down_routed=make(width, True, experts_wanted and routed),
+            down_all=make(width, True, experts_wanted and everything),
+            routed_tokens=torch.zeros(len(mlp.experts), dtype=torch.int64),
         )
 
 
@@ -99,13 +104,15 @@ class _Sink:
         if self.all_experts:
             return
         self.hessians.routed_tokens[expert] += x.reshape(-1, x.shape[-1]).shape[0]
-        if self.hessians.gate_up_routed is not None:
-            self.hessians.gate_up_routed.add(x, expert)
+        slot = self.hessians.slot.get(expert)
+        if self.hessians.gate_up_routed is not None and slot is not None:
+            self.hessians.gate_up_routed.add(x, slot)
 
     def down(self, expert: int, x: torch.Tensor) -> None:
         target = self.hessians.down_all if self.all_experts else self.hessians.down_routed
-        if target is not None:
-            target.add(x, expert)
+        slot = self.hessians.slot.get(expert)
+        if target is not None and slot is not None:
+            target.add(x, slot)
 
     def _observe(self, where: str, x: torch.Tensor) -> None:
         if self.observer is not None:
@@ -138,13 +145,13 @@ def capturing(layer: DecoderLayer, hessians: LayerHessians, observer=None) -> It
 
 
 def run_all_experts(layer: DecoderLayer, sink: _Sink) -> None:
-    """Run every expert of `layer` on every token of the latest forward's MoE input (outputs discarded) so their
-    down_proj inputs reach the all-token stack: the expert's own forward, as the served model runs it on its
-    routed tokens."""
+    """Run every expert whose Hessians `sink` keeps (this rank's) on every token of the latest forward's MoE
+    input (outputs discarded) so their down_proj inputs reach the all-token stack: the expert's own forward, as
+    the served model runs it on its routed tokens."""
     x = sink.last_moe
     sink.all_experts = True
     try:
-        for expert in layer.mlp.experts:
-            expert(x)
+        for expert in sink.hessians.slot:
+            layer.mlp.experts[expert](x)
     finally:
         sink.all_experts = False

@@ -58,9 +58,12 @@ class LayerTargets:
         )
         return cls(index, qkv, recipe.quantizes(f"{prefix}.self_attn.o_proj"), experts)
 
-    @property
-    def any(self) -> bool:
-        return self.qkv or self.o_proj or bool(self.experts)
+    def share(self, rank: int, world: int) -> LayerTargets:
+        """What rank `rank` of `world` quantises: a contiguous block of the targeted experts (sizes differ by at
+        most one), and the attention on rank 0."""
+        count = len(self.experts)
+        block = self.experts[rank * count // world : (rank + 1) * count // world]
+        return LayerTargets(self.index, self.qkv and rank == 0, self.o_proj and rank == 0, block)
 
 
 @dataclass
@@ -73,6 +76,21 @@ class LayerQuantization:
     fallbacks: dict[int, dict[str, str]] = field(default_factory=dict)
     damp_raised: list[tuple[str, float]] = field(default_factory=list)
     modules_fallback: list[str] = field(default_factory=list)
+
+    @classmethod
+    def merged(cls, parts: list[LayerQuantization]) -> LayerQuantization:
+        """One layer's results from the ranks' shares (disjoint modules), in the order one rank lists them."""
+        whole = cls()
+        for part in parts:
+            whole.tensors.update(part.tensors)
+            whole.fallbacks.update(part.fallbacks)
+            whole.damp_raised += part.damp_raised
+            whole.modules_fallback += part.modules_fallback
+        whole.tensors = dict(sorted(whole.tensors.items()))
+        whole.fallbacks = dict(sorted(whole.fallbacks.items()))
+        whole.damp_raised.sort()
+        whole.modules_fallback.sort()
+        return whole
 
 
 def _dense_weight(layer: DecoderLayer, path: str) -> torch.Tensor:
@@ -89,7 +107,7 @@ def _expert_hessian(
     recipe: Recipe, hessians: LayerHessians, projection: str, experts: list[int], prior_tokens: float
 ) -> torch.Tensor:
     """The Hessian(s) `projection` ("gate_up" or "down") of `experts` get under the recipe's coverage."""
-    index = torch.tensor(experts)
+    index = torch.tensor([hessians.slot[e] for e in experts])
     routed = hessians.gate_up_routed if projection == "gate_up" else hessians.down_routed
     everything = hessians.gate_up_all if projection == "gate_up" else hessians.down_all
     if recipe.coverage == ROUTED:
@@ -98,7 +116,7 @@ def _expert_hessian(
     if recipe.coverage == ALL_TOKENS:
         return prior
     assert recipe.coverage == BLEND
-    return blend_hessians(routed.mean[index], hessians.routed_tokens[index], prior, prior_tokens)
+    return blend_hessians(routed.mean[index], hessians.routed_tokens[torch.tensor(experts)], prior, prior_tokens)
 
 
 class _Quantizer:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from qtools.calibration import CalibrationSet
 from qtools.checkpoint.hf import CALIBRATION_REPORT, INDEX_NAME, STATE_DIR, Checkpoint
 from qtools.checkpoint.safetensors_io import write_atomic
+from qtools.convert.distributed import Group, session
 from qtools.convert.lock import destination_lock
 from qtools.convert.plan import plan_conversion
 from qtools.convert.run import check_device, check_paths, finalize_checkpoint
@@ -43,7 +44,7 @@ from qtools.gptq.assemble import write_shard
 from qtools.gptq.capture import ALL_TOKENS, BLEND, LayerHessians, capturing, run_all_experts
 from qtools.gptq.hidden import hidden_stores
 from qtools.gptq.layer_files import finished_layer, layers_dir, load_layer_tensors, save_layer
-from qtools.gptq.quantize import LayerTargets, install_quantized, quantize_layer
+from qtools.gptq.quantize import LayerQuantization, LayerTargets, install_quantized, quantize_layer
 from qtools.recipe import Recipe
 from qtools.runtime.loading import CheckpointLoader
 
@@ -135,12 +136,12 @@ def _expert_outcome(report: dict) -> tuple[int, int]:
     return report["experts"] - fallback, fallback
 
 
-def _layer_report(index: int, hessians: LayerHessians, targets: LayerTargets, quantized, tokens: int) -> dict:
+def _layer_report(index: int, routed: list[int], experts: int, quantized: LayerQuantization, tokens: int) -> dict:
     return {
         "layer": index,
         "tokens": tokens,
-        "experts": len(targets.experts),
-        "routed_tokens": hessians.routed_tokens.tolist(),
+        "experts": experts,
+        "routed_tokens": routed,
         "fallbacks": {str(e): reasons for e, reasons in sorted(quantized.fallbacks.items())},
         "damp_raised": [[module, damp] for module, damp in quantized.damp_raised],
         "modules_fallback": quantized.modules_fallback,
@@ -196,8 +197,10 @@ def _warn_fallbacks(hooks: GPTQHooks, report: dict) -> None:
 class _LayerRunner:
     """Runs one conversion's layers over the calibration hidden states."""
 
-    def __init__(self, checkpoint, destination, recipe, calibration, device, dtype, max_memory, batch_size, hooks):
-        self.destination, self.recipe, self.hooks = destination, recipe, hooks
+    def __init__(
+        self, group: Group, checkpoint, destination, recipe, calibration, device, dtype, max_memory, batch_size, hooks
+    ):
+        self.group, self.destination, self.recipe, self.hooks = group, destination, recipe, hooks
         self.device, self.batch, self.dtype = torch.device(device), batch_size, dtype
         self.loader = CheckpointLoader(checkpoint, device, dtype, "torch", act_quant=False)
         self.config = self.loader.config
@@ -225,9 +228,17 @@ class _LayerRunner:
             self.current.write(first, F.embedding(self.ids[first : first + count].to(self.device), table))
 
     def calibrate(self, index: int, layer, targets: LayerTargets) -> dict:
-        hessians = LayerHessians.for_layer(
-            layer, self.recipe.coverage, targets.qkv, targets.o_proj, bool(targets.experts)
-        )
+        """Hessians and GPTQ of this rank's share of the layer's targets (every rank runs every token through
+        the layer; each keeps and quantises its own experts' Hessians); rank 0 saves the merged layer."""
+        mine = targets.share(self.group.rank, self.group.world)
+        parts = self.group.run_and_gather(lambda: self._calibrate_share(index, layer, mine))
+        quantized = LayerQuantization.merged([part for part, _ in parts])
+        report = _layer_report(index, parts[0][1], len(targets.experts), quantized, self.ids.numel())
+        self.group.run_on_rank0_then_share(lambda: save_layer(self.destination, index, quantized.tensors, report))
+        return report
+
+    def _calibrate_share(self, index: int, layer, mine: LayerTargets) -> tuple[LayerQuantization, list[int]]:
+        hessians = LayerHessians.for_layer(layer, self.recipe.coverage, mine.qkv, mine.o_proj, mine.experts)
         self.hooks.phase(index, "calibrate", self.ids.shape[0])
         observer = None
         if self.hooks.on_inputs is not None:
@@ -235,17 +246,13 @@ class _LayerRunner:
         with capturing(layer, hessians, observer) as sink:
             for first, count in self.batches():
                 layer(self.current.read(first, count, self.device), self.positions)
-                if self.all_token_down and targets.experts:
+                if self.all_token_down and mine.experts:
                     run_all_experts(layer, sink)
                 self.hooks.advance(count)
-        self.hooks.phase(index, "quantise", len(targets.experts))
-        quantized = quantize_layer(
-            layer, hessians, targets, self.recipe, self.layout, self.stored_dtype, str(self.device)
-        )
-        self.hooks.advance(len(targets.experts))
-        report = _layer_report(index, hessians, targets, quantized, self.ids.numel())
-        save_layer(self.destination, index, quantized.tensors, report)
-        return report
+        self.hooks.phase(index, "quantise", len(mine.experts))
+        quantized = quantize_layer(layer, hessians, mine, self.recipe, self.layout, self.stored_dtype, str(self.device))
+        self.hooks.advance(len(mine.experts))
+        return quantized, hessians.routed_tokens.tolist()
 
     def propagate(self, index: int, layer) -> None:
         self.hooks.phase(index, "propagate", self.ids.shape[0])
@@ -336,17 +343,21 @@ def convert_gptq(
         "compute_dtype": str(torch_dtype).removeprefix("torch."),
     }
     summary = GPTQSummary(destination, config.num_layers)
-    with ExitStack() as held:
-        refuse_foreign_destination(destination)
-        held.enter_context(destination_lock(destination))
-        prepare_destination(destination, identity, outputs, overwrite)
+    report_path = destination / STATE_DIR / CALIBRATION_REPORT
+    with session(device) as group, ExitStack() as held:
+
+        def prepare() -> None:
+            refuse_foreign_destination(destination)
+            held.enter_context(destination_lock(destination))
+            prepare_destination(destination, identity, outputs, overwrite)
+
+        group.run_on_rank0_then_share(prepare)
         todo = [
             shard
             for shard in checkpoint.shard_names
             if (record := finished_record(destination, shard)) is None
             or source_change(record, source_identity(checkpoint.root / shard))
         ]
-        report_path = destination / STATE_DIR / CALIBRATION_REPORT
         if todo or not report_path.exists():
             first_todo = _first_unfinished_layer(destination, config.num_layers)
             summary.layers_reused = first_todo
@@ -354,21 +365,28 @@ def convert_gptq(
             if hooks.on_start:
                 hooks.on_start(config.num_layers, first_todo, calibration.tokens)
             runner = _LayerRunner(
-                checkpoint, destination, recipe, calibration, device, torch_dtype, max_memory, batch_size, hooks
+                group, checkpoint, destination, recipe, calibration, device, torch_dtype, max_memory, batch_size, hooks
             )
             reports = runner.run(first_todo)
             del runner
-            for shard in todo:
-                write_shard(checkpoint, destination, plan, shard)
+            mine = group.my_shards({shard: checkpoint.shard_bytes(shard) for shard in todo})
+            group.run_everywhere(lambda: [write_shard(checkpoint, destination, plan, shard) for shard in mine])
             report = _full_report(recipe, calibration, reports)
-            write_atomic(report_path, (json.dumps(report, indent=1) + "\n").encode())
+            group.run_on_rank0_then_share(
+                lambda: write_atomic(report_path, (json.dumps(report, indent=1) + "\n").encode())
+            )
         else:
             summary.layers_reused = config.num_layers
-        summary.report = json.loads(report_path.read_text())
-        finalize_checkpoint(
-            checkpoint, destination, plan, recipe, extras, {"qtools_calibration_sha256": calibration.sha256}
-        )
-        shutil.rmtree(layers_dir(destination), ignore_errors=True)
+
+        def finish() -> dict:
+            finalize_checkpoint(
+                checkpoint, destination, plan, recipe, extras, {"qtools_calibration_sha256": calibration.sha256}
+            )
+            shutil.rmtree(layers_dir(destination), ignore_errors=True)
+            shutil.rmtree(destination / STATE_DIR / "hidden", ignore_errors=True)
+            return json.loads(report_path.read_text())
+
+        summary.report = group.run_on_rank0_then_share(finish)
     summary.experts = summary.report["experts"]
     summary.experts_calibrated = summary.report["experts_calibrated"]
     summary.experts_fallback = summary.report["experts_fallback"]
