@@ -389,3 +389,21 @@ def test_cli_runs_a_calibrated_recipe_through_the_calibration_loader(
     assert shown.exit_code == 0 and "experts calibrated 8 / fallback 0" in shown.output
     bad = CliRunner().invoke(app, [*arguments[:-1], "lots"])
     assert bad.exit_code == 2 and "--max-memory" in bad.output
+
+
+@pytest.mark.parametrize("coverage", ["routed", "blend"])
+def test_experts_quantised_a_few_at_a_time_give_the_same_codes(aligned_checkpoint, coverage):
+    layer = load_layer(aligned_checkpoint, 1, dtype=torch.float32)
+    recipe = gptq_recipe(coverage=coverage)
+    hessians = LayerHessians.for_layer(layer, coverage, False, False, (0, 1, 2, 3))
+    with torch.no_grad(), capturing(layer, hessians) as sink:
+        layer(torch.randn(4, 16, 256, generator=torch.Generator().manual_seed(2)), torch.arange(16))
+        if hessians.down_all is not None:
+            from qtools.gptq.capture import run_all_experts
+
+            run_all_experts(layer, sink)
+    targets = LayerTargets.of(recipe, 1, 4)
+    whole = quantize_layer(layer, hessians, targets, recipe, _int4(), lambda _: torch.bfloat16)
+    steps = quantize_layer(layer, hessians, targets, recipe, _int4(), lambda _: torch.bfloat16, experts_per_step=1)
+    assert whole.tensors.keys() == steps.tensors.keys()
+    assert all(torch.equal(whole.tensors[name], steps.tensors[name]) for name in whole.tensors)

@@ -23,6 +23,10 @@ from qtools.runtime.weights import Int4GroupLinear
 
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
 EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+# Experts quantised per batched GPTQ call: bounds the temporaries (blended Hessians, inverse factors; 2.3 GiB each
+# for 16 gate/up Hessians of the 480B) without costing speed (each call already fills the cores). The codes do not
+# depend on it: GPTQ treats experts independently.
+EXPERTS_PER_STEP = 16
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,7 @@ def quantize_layer(
     layout: Int4GroupLayout,
     dtype_of: Callable[[str], torch.dtype],
     device: str = "cpu",
+    experts_per_step: int = EXPERTS_PER_STEP,
 ) -> LayerQuantization:
     """GPTQ of the targeted linears of `layer` (dense, as loaded from the BF16 shards) with `hessians`;
     `dtype_of(module)` is the dtype the source stores `module`'s weight in (that of its scales).
@@ -166,7 +171,7 @@ def quantize_layer(
     Experts are quantised per projection, all at once: gate/up as one matrix per expert, then down. An expert
     routed fewer than `recipe.rtn_below_tokens` tokens is rounded to nearest (asked for); one whose Hessian holds
     no data (routed coverage, no token routed to it) or whose Cholesky fails at every dampening is rounded to
-    nearest by the core (never zeroed); each is recorded in `fallbacks`.
+    nearest by the core (never zeroed); each is recorded in `fallbacks`. Experts go `experts_per_step` at a time.
     """
     quantizer = _Quantizer(recipe, layout, device, f"model.layers.{targets.index}", dtype_of)
     result = quantizer.result
@@ -187,11 +192,21 @@ def quantize_layer(
         quantizer.note_damp("self_attn.o_proj", out, 0)
         if bool(out.fallback[0]):
             result.modules_fallback.append(f"{quantizer.prefix}.self_attn.o_proj")
-    experts = list(targets.experts)
-    if not experts:
+    if not targets.experts:
         return result
-    top_k = layer.mlp.top_k
-    prior_tokens = _prior_strength(recipe, hessians, top_k)
+    prior_tokens = _prior_strength(recipe, hessians, layer.mlp.top_k)
+    for first in range(0, len(targets.experts), experts_per_step):
+        _quantize_experts(
+            layer, hessians, list(targets.experts[first : first + experts_per_step]), quantizer, prior_tokens
+        )
+    return result
+
+
+def _quantize_experts(
+    layer: DecoderLayer, hessians: LayerHessians, experts: list[int], quantizer: _Quantizer, prior_tokens: float
+) -> None:
+    """GPTQ of the gate/up and down projections of `experts`, batched; results and fallbacks into `quantizer`."""
+    recipe, result = quantizer.recipe, quantizer.result
     routed = hessians.routed_tokens[torch.tensor(experts)]
     forced = routed < recipe.rtn_below_tokens
     tokens = None if not bool(forced.any()) else (~forced).long()
@@ -222,7 +237,6 @@ def quantize_layer(
                 reason = "round-to-nearest: Cholesky failed at every dampening tried"
             if reason:
                 result.fallbacks.setdefault(expert, {})[projection] = reason
-    return result
 
 
 def install_quantized(layer: DecoderLayer, tensors: dict[str, torch.Tensor], layout: Int4GroupLayout, prefix: str):
