@@ -407,3 +407,24 @@ def test_experts_quantised_a_few_at_a_time_give_the_same_codes(aligned_checkpoin
     steps = quantize_layer(layer, hessians, targets, recipe, _int4(), lambda _: torch.bfloat16, experts_per_step=1)
     assert whole.tensors.keys() == steps.tensors.keys()
     assert all(torch.equal(whole.tensors[name], steps.tensors[name]) for name in whole.tensors)
+
+
+def test_overwrite_discards_the_finished_layers_of_another_calibration(aligned_checkpoint, calibration, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(layer: int, _report: dict) -> None:
+        raise Stop
+
+    out = tmp_path / "out"
+    with pytest.raises(Stop):
+        convert_gptq(
+            aligned_checkpoint, out, load_recipe("w4a16-gptq"), calibration, hooks=GPTQHooks(on_layer_done=stop)
+        )
+    assert (out / STATE_DIR / "layers" / "layer-00000.json").exists()
+    other = random_calibration(500, seed=7)
+    summary = convert_gptq(aligned_checkpoint, out, load_recipe("w4a16-gptq"), other, overwrite=True)
+    assert summary.layers_reused == 0
+    fresh = tmp_path / "fresh"
+    convert_gptq(aligned_checkpoint, fresh, load_recipe("w4a16-gptq"), other)
+    assert weights_digest(out) == weights_digest(fresh)
