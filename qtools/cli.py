@@ -180,6 +180,7 @@ def _convert_calibrated(
     """`qtools convert` for a calibrated recipe: qtools.gptq, with one progress bar per layer phase."""
     from qtools.gptq import GPTQHooks, convert_gptq
 
+    rank = int(os.environ.get("RANK", "0"))
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -188,12 +189,15 @@ def _convert_calibrated(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
+        disable=rank != 0,
     )
     layers = {"total": 0}
     current = {"task": None}
 
     def on_start(total: int, finished: int, tokens: int) -> None:
         layers["total"] = total
+        if rank != 0:
+            return
         if finished:
             console.print(f"resuming: layers 0-{finished - 1} of {total} are finished and kept")
         console.print(f"calibrating on {tokens} tokens")
@@ -222,6 +226,8 @@ def _convert_calibrated(
     except KeyboardInterrupt:
         console.print("[bold red]interrupted:[/] finished layers are kept; rerun the same command to resume")
         raise typer.Exit(code=130) from None
+    if rank != 0:
+        return
     table = Table(title=f"converted {src} -> {dst} (GPTQ, coverage {recipe.coverage})", show_header=False)
     table.add_row("layers calibrated / reused", f"{summary.layers_calibrated} / {summary.layers_reused}")
     table.add_row("experts calibrated / fallback", f"{summary.experts_calibrated} / {summary.experts_fallback}")

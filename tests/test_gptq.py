@@ -244,12 +244,17 @@ def test_failed_cholesky_retries_then_falls_back_counted(aligned_checkpoint):
     for stack in (hessians.gate_up_routed, hessians.down_routed):
         x = torch.randn(4, 64, stack.in_features, generator=generator)
         stack.add_stacked(x)
-    # Expert 2's down Hessian is negative definite: no dampening makes it factorisable.
+    # Expert 2's down Hessian is negative definite: no dampening makes it factorisable. Expert 1's has one
+    # eigenvalue of -0.03 x its mean diagonal: 0.01 of dampening fails, 0.1 succeeds.
     hessians.down_routed.mean[2] = -torch.eye(128)
+    hessians.down_routed.mean[1] = torch.diag(torch.tensor([1.0] * 127 + [-0.03]))
     hessians.routed_tokens[:] = 64
     targets = LayerTargets.of(recipe, 0, 4)
     result = quantize_layer(layer, hessians, targets, recipe, _int4(), lambda _: torch.bfloat16)
     assert result.fallbacks == {2: {"down": "round-to-nearest: Cholesky failed at every dampening tried"}}
+    assert [(module, round(damp, 6)) for module, damp in result.damp_raised] == [
+        ("model.layers.0.mlp.experts.1.down_proj", 0.1)
+    ]
 
 
 def _int4():
@@ -428,3 +433,26 @@ def test_overwrite_discards_the_finished_layers_of_another_calibration(aligned_c
     fresh = tmp_path / "fresh"
     convert_gptq(aligned_checkpoint, fresh, load_recipe("w4a16-gptq"), other)
     assert weights_digest(out) == weights_digest(fresh)
+
+
+def test_targeted_attention_is_calibrated_too(aligned_checkpoint, calibration, tmp_path):
+    """A recipe that targets attention: q/k/v share the attention input's Hessian (one factorisation for the
+    three), o_proj has its own; the output verifies, and its logits on the calibration tokens are closer to the
+    BF16 model's than round-to-nearest's of the same modules."""
+    experts = r"re:model\.layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj"
+    targets = [experts, r"re:model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"]
+    out, rtn = tmp_path / "gptq", tmp_path / "rtn"
+    convert_gptq(aligned_checkpoint, out, gptq_recipe(targets=targets), calibration, batch_size=BATCH)
+    convert_checkpoint(aligned_checkpoint, rtn, load_recipe("w4a16-rtn").model_copy(update={"targets": targets}))
+    tensors = load_tensors(out)
+    for projection in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert f"model.layers.1.self_attn.{projection}.{PACKED}" in tensors
+    assert verify_checkpoint(out, deep=True).ok
+    ids = calibration.input_ids
+    reference = load_model(aligned_checkpoint, dtype=torch.float32)(ids)
+    errors = {
+        path.name: float((load_model(path, dtype=torch.float32)(ids) - reference).square().mean())
+        for path in (out, rtn)
+    }
+    print(f"\nINT4 attention and experts, logits MSE against BF16: {errors}")
+    assert errors["gptq"] < errors["rtn"]

@@ -18,6 +18,7 @@ from qtools.checkpoint.writer import PT_METADATA
 from qtools.convert.plan import ConversionPlan
 from qtools.convert.shard import ShardRecord, finite_check
 from qtools.convert.state import save_record, source_identity
+from qtools.errors import QtoolsError
 from qtools.gptq.layer_files import layer_file
 
 
@@ -45,6 +46,9 @@ def write_shard(checkpoint: Checkpoint, destination: Path, plan: ConversionPlan,
     except BaseException:
         writer.abort()
         raise
+    if source_identity(source) != before:
+        (destination / shard).unlink(missing_ok=True)
+        raise QtoolsError(f"{source}: changed while it was being converted; rerun once nothing writes to it")
     record = ShardRecord(
         file=shard,
         size=writer.size,

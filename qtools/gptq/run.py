@@ -180,7 +180,7 @@ def _full_report(recipe: Recipe, calibration: CalibrationSet, reports: list[dict
     }
 
 
-def _warn_fallbacks(hooks: GPTQHooks, report: dict) -> None:
+def _warn_fallbacks(hooks: GPTQHooks, report: dict, damp: float) -> None:
     for expert, projections in report["fallbacks"].items():
         tokens = report["routed_tokens"][int(expert)]
         described = "; ".join(f"{projection}: {reason}" for projection, reason in projections.items())
@@ -188,8 +188,8 @@ def _warn_fallbacks(hooks: GPTQHooks, report: dict) -> None:
             f"layer {report['layer']} expert {expert}: {described} ({tokens} of {report['tokens']} calibration "
             "tokens routed to it)"
         )
-    for module, damp in report["damp_raised"]:
-        hooks.warn(f"{module}: Cholesky needed dampening {damp:g} (asked {damp:g})")
+    for module, used in report["damp_raised"]:
+        hooks.warn(f"{module}: the Cholesky factorisation needed dampening {used:g} (the recipe's: {damp:g})")
     for module in report["modules_fallback"]:
         hooks.warn(f"{module}: rounded to nearest (no data or Cholesky failed)")
 
@@ -275,7 +275,8 @@ class _LayerRunner:
                 layer = self.loader.layer(index)
                 if report is None:
                     report = self.calibrate(index, layer, targets)
-                    _warn_fallbacks(self.hooks, report)
+                    if self.group.rank == 0:
+                        _warn_fallbacks(self.hooks, report, self.recipe.damp)
                     if self.hooks.on_layer_done:
                         self.hooks.on_layer_done(index, report)
                 reports.append(report)
