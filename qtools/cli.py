@@ -205,7 +205,7 @@ def _convert_calibrated(
     def on_layer_start(layer: int, phase: str, units: int) -> None:
         if current["task"] is not None:
             progress.update(current["task"], visible=False)
-        unit = "experts" if phase == "quantise" else "sequences"
+        unit = "experts" if phase == "quantise" else "tokens"
         current["task"] = progress.add_task(f"layer {layer + 1}/{layers['total']} {phase}", total=units, unit=unit)
 
     def on_advance(units: int) -> None:

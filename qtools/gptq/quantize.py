@@ -101,7 +101,7 @@ def _dense_weight(layer: DecoderLayer, path: str) -> torch.Tensor:
     return layer.get_submodule(path).weight
 
 
-def _prior_strength(recipe: Recipe, hessians: LayerHessians, top_k: int) -> float:
+def _prior_strength(recipe: Recipe, hessians: LayerHessians) -> float:
     """The all-token prior's weight in tokens: `prior_strength` x the routed tokens of an average expert."""
     routed = float(hessians.routed_tokens.sum())
     return recipe.prior_strength * routed / max(1, hessians.experts) if routed else recipe.prior_strength
@@ -164,6 +164,7 @@ def quantize_layer(
     dtype_of: Callable[[str], torch.dtype],
     device: str = "cpu",
     experts_per_step: int = EXPERTS_PER_STEP,
+    on_experts: Callable[[int], None] | None = None,
 ) -> LayerQuantization:
     """GPTQ of the targeted linears of `layer` (dense, as loaded from the BF16 shards) with `hessians`;
     `dtype_of(module)` is the dtype the source stores `module`'s weight in (that of its scales).
@@ -171,7 +172,8 @@ def quantize_layer(
     Experts are quantised per projection, all at once: gate/up as one matrix per expert, then down. An expert
     routed fewer than `recipe.rtn_below_tokens` tokens is rounded to nearest (asked for); one whose Hessian holds
     no data (routed coverage, no token routed to it) or whose Cholesky fails at every dampening is rounded to
-    nearest by the core (never zeroed); each is recorded in `fallbacks`. Experts go `experts_per_step` at a time.
+    nearest by the core (never zeroed); each is recorded in `fallbacks`. Experts go `experts_per_step` at a time,
+    `on_experts(count)` told after each step.
     """
     quantizer = _Quantizer(recipe, layout, device, f"model.layers.{targets.index}", dtype_of)
     result = quantizer.result
@@ -194,11 +196,12 @@ def quantize_layer(
             result.modules_fallback.append(f"{quantizer.prefix}.self_attn.o_proj")
     if not targets.experts:
         return result
-    prior_tokens = _prior_strength(recipe, hessians, layer.mlp.top_k)
+    prior_tokens = _prior_strength(recipe, hessians)
     for first in range(0, len(targets.experts), experts_per_step):
-        _quantize_experts(
-            layer, hessians, list(targets.experts[first : first + experts_per_step]), quantizer, prior_tokens
-        )
+        step = list(targets.experts[first : first + experts_per_step])
+        _quantize_experts(layer, hessians, step, quantizer, prior_tokens)
+        if on_experts is not None:
+            on_experts(len(step))
     return result
 
 

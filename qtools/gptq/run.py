@@ -70,7 +70,7 @@ class GPTQHooks:
 
     on_start: Callable[[int, int, int], None] | None = None  # (layers, layers already finished, tokens)
     on_layer_start: Callable[[int, str, int], None] | None = None  # (layer, phase, units of work in the phase)
-    on_advance: Callable[[int], None] | None = None  # units (sequences, or experts while quantising) done
+    on_advance: Callable[[int], None] | None = None  # units (tokens, or experts while quantising) done
     on_layer_done: Callable[[int, dict], None] | None = None  # (layer, its report)
     on_warning: Callable[[str], None] | None = None
     # (layer, "attention" | "o_proj" | "moe", inputs [N, in]): what the Hessians of a layer being calibrated see.
@@ -208,7 +208,9 @@ class _LayerRunner:
         self.ids = calibration.input_ids
         samples, length = self.ids.shape
         shape = (samples, length, self.config.hidden_size)
-        self.current, self.following = hidden_stores(shape, dtype, max_memory, destination / STATE_DIR / "hidden")
+        self.current, self.following = hidden_stores(
+            shape, dtype, max_memory, destination / STATE_DIR / "hidden" / f"rank-{group.rank}"
+        )
         self.positions = torch.arange(length, device=self.device)
         self.all_token_down = recipe.coverage in (ALL_TOKENS, BLEND)
 
@@ -239,7 +241,7 @@ class _LayerRunner:
 
     def _calibrate_share(self, index: int, layer, mine: LayerTargets) -> tuple[LayerQuantization, list[int]]:
         hessians = LayerHessians.for_layer(layer, self.recipe.coverage, mine.qkv, mine.o_proj, mine.experts)
-        self.hooks.phase(index, "calibrate", self.ids.shape[0])
+        self.hooks.phase(index, "calibrate", self.ids.numel())
         observer = None
         if self.hooks.on_inputs is not None:
             observer = lambda where, x: self.hooks.on_inputs(index, where, x)  # noqa: E731
@@ -248,17 +250,19 @@ class _LayerRunner:
                 layer(self.current.read(first, count, self.device), self.positions)
                 if self.all_token_down and mine.experts:
                     run_all_experts(layer, sink)
-                self.hooks.advance(count)
+                self.hooks.advance(count * self.ids.shape[1])
         self.hooks.phase(index, "quantise", len(mine.experts))
-        quantized = quantize_layer(layer, hessians, mine, self.recipe, self.layout, self.stored_dtype, str(self.device))
-        self.hooks.advance(len(mine.experts))
+        quantized = quantize_layer(
+            layer, hessians, mine, self.recipe, self.layout, self.stored_dtype, str(self.device),
+            on_experts=self.hooks.advance,
+        )  # fmt: skip
         return quantized, hessians.routed_tokens.tolist()
 
     def propagate(self, index: int, layer) -> None:
-        self.hooks.phase(index, "propagate", self.ids.shape[0])
+        self.hooks.phase(index, "propagate", self.ids.numel())
         for first, count in self.batches():
             self.following.write(first, layer(self.current.read(first, count, self.device), self.positions))
-            self.hooks.advance(count)
+            self.hooks.advance(count * self.ids.shape[1])
         self.current, self.following = self.following, self.current
 
     def run(self, first_todo: int) -> list[dict]:
