@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -45,7 +47,8 @@ def convert(
         str,
         typer.Option(
             help="a shipped recipe's name (fp8-block, fp8-block-compressed-tensors, w4a16-rtn, w4a16-rtn-tp8, "
-            "w4a16-rtn-fp8-attention) or the path of a recipe YAML; an unknown name lists the shipped ones"
+            "w4a16-rtn-fp8-attention, w4a16-gptq, w4a16-gptq-tp8) or the path of a recipe YAML; an unknown name "
+            "lists the shipped ones"
         ),
     ] = DEFAULT_RECIPE,
     format: Annotated[
@@ -57,11 +60,37 @@ def convert(
     ] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N: where the quantisation arithmetic runs")] = "cpu",
     overwrite: Annotated[bool, typer.Option(help="discard an earlier run with another recipe or source")] = False,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="calibrated recipes (w4a16-gptq*): a local JSONL / parquet / text folder or a Hub dataset; "
+            "omitted: the built-in default set"
+        ),
+    ] = None,
+    calibration_samples: Annotated[int, typer.Option(min=1, help="calibration sequences")] = 128,
+    calibration_seq_len: Annotated[int, typer.Option(min=1, help="tokens per calibration sequence")] = 512,
+    calibration_seed: Annotated[int, typer.Option(help="seed choosing the calibration sequences")] = 0,
+    calibration_batch: Annotated[int, typer.Option(min=1, help="calibration sequences per forward")] = 8,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(help="calibrated recipes: memory for hidden states (e.g. 16GiB) past which they spill to disk"),
+    ] = None,
 ) -> None:
-    """Convert a checkpoint shard by shard (resumable; under torchrun each rank takes a share of the shards)."""
+    """Convert a checkpoint shard by shard (resumable; under torchrun each rank takes a share of the shards);
+    a calibrated recipe (method: gptq) converts layer by layer over calibration data instead."""
     from qtools.convert import ConversionInterrupted, ProgressHooks, convert_checkpoint
     from qtools.recipe import load_recipe
 
+    try:
+        parsed = load_recipe(recipe, format)
+    except QtoolsError as error:
+        _fail(error)
+    if parsed.calibrated:
+        _convert_calibrated(
+            src, dst, parsed, device, overwrite, calibration, calibration_samples, calibration_seq_len,
+            calibration_seed, calibration_batch, max_memory,
+        )  # fmt: skip
+        return
     rank = int(os.environ.get("RANK", "0"))
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -91,7 +120,6 @@ def convert(
 
     hooks = ProgressHooks(on_start, lambda n: progress.advance(task, n), on_shard_done, on_warning)
     try:
-        parsed = load_recipe(recipe, format)
         with progress:
             summary = convert_checkpoint(src, dst, parsed, workers, device, overwrite, hooks)
     except QtoolsError as error:
@@ -109,6 +137,106 @@ def convert(
     table.add_row("bytes out (whole checkpoint)", f"{summary.output_bytes / 1e9:.3f} GB")
     table.add_row("seconds", f"{summary.seconds:.2f}")
     table.add_row("throughput", f"{summary.gb_per_second:.3f} GB/s of source read")
+    Console().print(table)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as `16GiB`, `500MB` or `1000000`; QtoolsError for anything else."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise QtoolsError(f"--max-memory {text!r}: give a size such as 16GiB, 500MB or a number of bytes")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _load_calibration(spec: str | None, src: Path, samples: int, seq_len: int, seed: int):
+    """The calibration set from qtools.calibration's loader (local files, a Hub dataset or the default)."""
+    try:
+        from qtools.calibration import load_calibration
+    except ImportError as error:
+        raise QtoolsError(
+            "this qtools has no calibration loader (qtools.calibration.load_calibration); calibrated recipes "
+            "can be run through the API, qtools.gptq.convert_gptq, with a CalibrationSet"
+        ) from error
+    return load_calibration(spec, src, samples, seq_len, seed)
+
+
+def _convert_calibrated(
+    src: Path,
+    dst: Path,
+    recipe,
+    device: str,
+    overwrite: bool,
+    calibration: str | None,
+    samples: int,
+    seq_len: int,
+    seed: int,
+    batch: int,
+    max_memory: str | None,
+) -> None:
+    """`qtools convert` for a calibrated recipe: qtools.gptq, with one progress bar per layer phase."""
+    from qtools.gptq import GPTQHooks, convert_gptq
+
+    rank = int(os.environ.get("RANK", "0"))
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[unit]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=rank != 0,
+    )
+    layers = {"total": 0}
+    current = {"task": None}
+
+    def on_start(total: int, finished: int, tokens: int) -> None:
+        layers["total"] = total
+        if rank != 0:
+            return
+        if finished:
+            console.print(f"resuming: layers 0-{finished - 1} of {total} are finished and kept")
+        console.print(f"calibrating on {tokens} tokens")
+
+    def on_layer_start(layer: int, phase: str, units: int) -> None:
+        if current["task"] is not None:
+            progress.update(current["task"], visible=False)
+        unit = "experts" if phase == "quantise" else "tokens"
+        current["task"] = progress.add_task(f"layer {layer + 1}/{layers['total']} {phase}", total=units, unit=unit)
+
+    def on_advance(units: int) -> None:
+        if current["task"] is not None:
+            progress.advance(current["task"], units)
+
+    def on_warning(message: str) -> None:
+        console.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+    hooks = GPTQHooks(on_start, on_layer_start, on_advance, None, on_warning)
+    try:
+        limit = parse_size(max_memory) if max_memory is not None else None
+        data = _load_calibration(calibration, src, samples, seq_len, seed)
+        with progress:
+            summary = convert_gptq(src, dst, recipe, data, device, overwrite, limit, batch, hooks)
+    except QtoolsError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted:[/] finished layers are kept; rerun the same command to resume")
+        raise typer.Exit(code=130) from None
+    if rank != 0:
+        return
+    table = Table(title=f"converted {src} -> {dst} (GPTQ, coverage {recipe.coverage})", show_header=False)
+    table.add_row("layers calibrated / reused", f"{summary.layers_calibrated} / {summary.layers_reused}")
+    table.add_row("experts calibrated / fallback", f"{summary.experts_calibrated} / {summary.experts_fallback}")
+    table.add_row("calibration tokens", str(summary.report["calibration"]["tokens"]))
+    table.add_row("seconds", f"{summary.seconds:.2f}")
+    table.add_row("peak memory (RSS)", f"{summary.peak_rss_bytes / 2**30:.2f} GiB")
+    if summary.peak_device_bytes:
+        table.add_row("peak device memory", f"{summary.peak_device_bytes / 2**30:.2f} GiB")
+    table.add_row("report", str(dst / ".qtools" / "calibration.json"))
     Console().print(table)
 
 
@@ -170,6 +298,29 @@ def inspect(ckpt: Annotated[Path, typer.Argument(help="checkpoint directory")]) 
             f"{c.num_heads}/{c.num_kv_heads} heads of {c.head_dim}, expert width {c.moe_intermediate_size}, "
             f"vocab {c.vocab_size}, dtype {c.dtype or 'not declared'}"
         )
+    if summary.calibration:
+        _print_calibration(summary.calibration)
+
+
+def _print_calibration(report: dict) -> None:
+    """The calibration report of a GPTQ output: data, coverage, per layer the routed tokens and fallbacks."""
+    data = report.get("calibration", {})
+    Console().print(
+        f"calibration: {report.get('method')} coverage {report.get('coverage')}, {data.get('samples')} x "
+        f"{data.get('seq_len')} tokens from {data.get('source')} (sha256 {str(data.get('sha256'))[:16]}...); "
+        f"experts calibrated {report.get('experts_calibrated')} / fallback {report.get('experts_fallback')}"
+    )
+    table = Table(title="routed calibration tokens per expert")
+    for column in ("layer", "min", "median", "max", "experts with none", "fallback"):
+        table.add_column(column, justify="right" if column != "fallback" else "left")
+    for layer in report["layers"]:
+        counts = sorted(layer.get("routed_tokens") or [0])
+        fallbacks = ", ".join(f"expert {e} ({', '.join(p)})" for e, p in layer.get("fallbacks", {}).items())
+        table.add_row(
+            str(layer.get("layer")), str(counts[0]), str(counts[len(counts) // 2]), str(counts[-1]),
+            str(sum(c == 0 for c in counts)), fallbacks or "-",
+        )  # fmt: skip
+    Console().print(table)
 
 
 app.command()(check)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qtools.checkpoint.config import ModelConfig
-from qtools.checkpoint.hf import Checkpoint
+from qtools.checkpoint.hf import CALIBRATION_REPORT, STATE_DIR, Checkpoint
 from qtools.checkpoint.qwen3_moe import family, layer_and_expert, module_of
 from qtools.errors import QtoolsError
 from qtools.formats import DenseFormat, LinearLayout, detect
@@ -29,7 +30,8 @@ class CheckpointSummary:
     """What `inspect_checkpoint` found: layer and expert counts are those the tensor names show; `config` is
     config.json parsed (None, with `config_problem` saying why, when it is missing or unusable); `layouts`
     describes the quantised layouts the format declares (`format_problem` says why none when config.json's
-    quantization_config is not one qtools reads)."""
+    quantization_config is not one qtools reads); `calibration` is the report a calibrated conversion left in
+    `.qtools/calibration.json` (per-expert routed tokens and fallbacks), None when there is none."""
 
     path: Path
     quant_method: str
@@ -42,6 +44,7 @@ class CheckpointSummary:
     config_problem: str | None = None
     layouts: list[str] = field(default_factory=list)
     format_problem: str | None = None
+    calibration: dict | None = None
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
@@ -86,7 +89,17 @@ def inspect_checkpoint(path: str | Path) -> CheckpointSummary:
         config_problem=config_problem,
         layouts=[layout.describe() for layout in fmt.layouts],
         format_problem=format_problem,
+        calibration=_calibration_report(Path(path)),
     )
+
+
+def _calibration_report(root: Path) -> dict | None:
+    """`.qtools/calibration.json` of a calibrated conversion's output, None when absent or unreadable."""
+    try:
+        report = json.loads((root / STATE_DIR / CALIBRATION_REPORT).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("layers"), list) else None
 
 
 def _count(summary: FamilySummary, suffix: str, dtype: str, layout: LinearLayout | None) -> None:

@@ -31,6 +31,12 @@ HF_FP8_BLOCK = (128, 128)
 INT4_GROUP_SIZES = (32, 64, 128)
 INT4_DEFAULT_GROUP = 128
 _FP8_ONLY = ("block_size", "scale_dtype")
+METHODS = ("rtn", "gptq")
+COVERAGES = ("routed", "all-tokens", "blend")
+# What a `method: gptq` recipe gets for the calibration settings it leaves out (see `Recipe`); an rtn recipe has
+# none of them (None, left out of its fingerprint).
+GPTQ_DEFAULTS = {"coverage": "blend", "damp": 0.01, "prior_strength": 0.1, "rtn_below_tokens": 0}
+_GPTQ_ONLY = tuple(GPTQ_DEFAULTS)
 
 
 @lru_cache(maxsize=1024)
@@ -56,6 +62,14 @@ class Recipe(BaseModel):
     when a target matches it and no ignore entry does. A w4a16 recipe may also name `fp8_targets`: modules
     written FP8 block-wise (`block_size`, `scale_dtype`) in a second config group of the same checkpoint (a
     `mixed-precision` compressed-tensors checkpoint, e.g. FP8 attention beside INT4 experts).
+
+    `method` is how INT4 codes are chosen: `rtn` (round-to-nearest, model-free, shard by shard) or `gptq`
+    (calibrated, layer by layer over calibration data: `qtools.gptq`). A gptq recipe also sets `coverage`, which
+    tokens each expert's Hessians see (`routed`: the tokens routed to it; `all-tokens`: every token; `blend`: its
+    routed tokens plus an all-token prior worth `prior_strength` times an average expert's routed tokens, so a cold
+    expert leans on the prior), `damp` (fraction of mean(diag H) added to the diagonal; a failed Cholesky retries
+    with 10x more) and `rtn_below_tokens` (experts routed fewer tokens than this are rounded to nearest instead,
+    counted; 0: never).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,13 +85,22 @@ class Recipe(BaseModel):
     # w4a16 only: modules stored FP8 block-wise instead (empty: none; left out of the fingerprint when empty).
     fp8_targets: list[str] = []
     ignore: list[str] = []
+    method: Literal["rtn", "gptq"] = "rtn"
+    # gptq only (None for rtn, so round-to-nearest recipes' fingerprints are what they were before GPTQ existed).
+    coverage: Literal["routed", "all-tokens", "blend"] | None = None
+    damp: float | None = None
+    prior_strength: float | None = None
+    rtn_below_tokens: StrictInt | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _infer_w4a16_defaults(cls, raw: object) -> object:
-        """A w4a16 recipe that names no format or group size gets compressed-tensors and group 128."""
+        """A w4a16 recipe that names no format or group size gets compressed-tensors and group 128; a gptq recipe
+        gets `GPTQ_DEFAULTS` for the calibration settings it leaves out."""
         if isinstance(raw, dict) and raw.get("scheme") == "w4a16":
             raw = {"format": "compressed-tensors", "group_size": INT4_DEFAULT_GROUP, **raw}
+        if isinstance(raw, dict) and raw.get("method") == "gptq":
+            raw = {**GPTQ_DEFAULTS, **raw}
         return raw
 
     @field_validator("targets", "fp8_targets", "ignore")
@@ -100,6 +123,28 @@ class Recipe(BaseModel):
                 f"got {list(block)}; the usual FP8 block is [128, 128]"
             )
         return block
+
+    @model_validator(mode="after")
+    def _settings_of_the_method(self) -> Recipe:
+        if self.method == "rtn":
+            given = sorted(name for name in _GPTQ_ONLY if getattr(self, name) is not None)
+            if given:
+                raise ValueError(f"{', '.join(given)}: calibration settings; set method: gptq to use them")
+            return self
+        if self.scheme != "w4a16":
+            raise ValueError("method gptq calibrates INT4 weights: use scheme: w4a16")
+        if self.fp8_targets:
+            raise ValueError(
+                "fp8_targets with method gptq is not supported yet (FP8 modules are not calibrated); use "
+                "w4a16-rtn-fp8-attention, or leave attention BF16"
+            )
+        if not 0 < self.damp <= 1:
+            raise ValueError(f"damp {self.damp}: a fraction of mean(diag H) in (0, 1]; 0.01 is the usual")
+        if self.prior_strength < 0:
+            raise ValueError(f"prior_strength {self.prior_strength}: must be >= 0 (0: routed Hessians only)")
+        if self.rtn_below_tokens < 0:
+            raise ValueError(f"rtn_below_tokens {self.rtn_below_tokens}: must be >= 0 (0: never round to nearest)")
+        return self
 
     @model_validator(mode="after")
     def _settings_of_the_scheme(self) -> Recipe:
@@ -138,11 +183,19 @@ class Recipe(BaseModel):
         targeted = any(matches(p, module) for p in [*self.targets, *self.fp8_targets])
         return targeted and not any(matches(p, module) for p in self.ignore)
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether this recipe needs calibration data (`method: gptq`)."""
+        return self.method == "gptq"
+
     def fingerprint(self) -> str:
-        """Canonical JSON of the recipe, for resume checks (an unset `group_size` and empty `fp8_targets` are left
-        out, so an FP8 recipe's fingerprint is the same as before those fields existed)."""
-        unset = {"group_size"} if self.group_size is None else set()
-        return self.model_dump_json(exclude=unset | (set() if self.fp8_targets else {"fp8_targets"}))
+        """Canonical JSON of the recipe, for resume checks (an unset `group_size`, empty `fp8_targets`, `method:
+        rtn` and unset calibration settings are left out, so a recipe's fingerprint is the same as before those
+        fields existed)."""
+        unset = {name for name in ("group_size", *_GPTQ_ONLY) if getattr(self, name) is None}
+        unset |= set() if self.fp8_targets else {"fp8_targets"}
+        unset |= {"method"} if self.method == "rtn" else set()
+        return self.model_dump_json(exclude=unset)
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -195,6 +248,11 @@ def load_recipe(recipe: str | Path, format_override: str | None = None) -> Recip
 FIELD_HINTS = {
     "block_size": "block_size is two integers, e.g. [128, 128]",
     "group_size": "group_size is an integer: 128, 64 or 32",
+    "method": "method is rtn or gptq",
+    "coverage": "coverage is routed, all-tokens or blend",
+    "damp": "damp is a number, e.g. 0.01",
+    "prior_strength": "prior_strength is a number, e.g. 0.1",
+    "rtn_below_tokens": "rtn_below_tokens is an integer (0: never)",
 }
 
 

@@ -24,6 +24,8 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 # Directory qtools keeps its own state in, inside an output checkpoint.
 STATE_DIR = ".qtools"
+# The report a calibrated conversion writes into STATE_DIR: calibration data, per-expert tokens, fallbacks.
+CALIBRATION_REPORT = "calibration.json"
 
 
 def _load_json(path: Path) -> dict:

@@ -55,6 +55,23 @@ class Group:
             raise error
         return result
 
+    def run_and_gather(self, step: Callable[[], T]) -> list[T]:
+        """Run `step` on every rank; every rank gets all results, in rank order, or raises (naming the ranks
+        that failed) when any rank failed."""
+        result, error = _attempt(step)
+        if self.world == 1:
+            if error is not None:
+                raise error
+            return [result]
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, (result, _describe(error)))
+        failures = [f"rank {rank} failed: {m}" for rank, (_, m) in enumerate(gathered) if m is not None]
+        if error is not None:
+            raise error
+        if failures:
+            raise QtoolsError("; ".join(failures))
+        return [value for value, _ in gathered]
+
     def run_everywhere(self, step: Callable[[], T]) -> T:
         """Run `step` on every rank; if any rank fails, every rank raises, naming the ranks that failed."""
         result, error = _attempt(step)

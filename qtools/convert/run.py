@@ -101,7 +101,7 @@ class ShardJob:
     threads: int | None = None
 
 
-def _check_paths(source: Path, destination: Path) -> None:
+def check_paths(source: Path, destination: Path) -> None:
     src, dst = source.resolve(), destination.resolve()
     if src == dst or src in dst.parents or dst in src.parents:
         raise QtoolsError(f"output {destination} must not be inside the source {source} or contain it")
@@ -207,10 +207,16 @@ def _copy_file(source: Path, target: Path) -> None:
         raise QtoolsError(f"{target}: write failed while copying it from the source ({error.strerror})") from error
 
 
-def _finalize(
-    checkpoint: Checkpoint, destination: Path, plan: ConversionPlan, recipe: Recipe, extras: list[Path]
+def finalize_checkpoint(
+    checkpoint: Checkpoint,
+    destination: Path,
+    plan: ConversionPlan,
+    recipe: Recipe,
+    extras: list[Path],
+    index_metadata: dict | None = None,
 ) -> int:
-    """Write config.json with its quantization_config, copy every non-weight file, then the index (last)."""
+    """Write config.json with its quantization_config, copy every non-weight file, then the index (last, its
+    metadata extended by `index_metadata`); returns the output shards' bytes."""
     records = {}
     for shard in checkpoint.shard_names:
         record = finished_record(destination, shard)
@@ -223,16 +229,16 @@ def _finalize(
     config = dict(checkpoint.config)
     num_layers = int(config.get("num_hidden_layers", 0))
     config["quantization_config"] = format_for_recipe(recipe).quantization_config(
-        plan.kept_linear_modules, num_layers, _compressed_tensors_version()
+        plan.kept_linear_modules, num_layers, compressed_tensors_version()
     )
     write_json(destination / "config.json", config)
     weight_map = {name: shard for shard, rec in records.items() for name in rec.tensors}
     total = sum(nbytes for rec in records.values() for nbytes in rec.tensors.values())
-    write_index(destination, weight_map, {"total_size": total, "qtools_version": __version__})
+    write_index(destination, weight_map, {"total_size": total, "qtools_version": __version__, **(index_metadata or {})})
     return sum(rec.size for rec in records.values())
 
 
-def _compressed_tensors_version() -> str:
+def compressed_tensors_version() -> str:
     try:
         from importlib.metadata import version
 
@@ -276,8 +282,13 @@ def convert_checkpoint(
     source, destination = Path(source), Path(destination)
     hooks = hooks or ProgressHooks()
     started = time.perf_counter()
+    if recipe.calibrated:
+        raise QtoolsError(
+            f"recipe method {recipe.method!r} needs calibration data: run `qtools convert` with --calibration "
+            "(qtools.gptq.convert_gptq), not the model-free converter"
+        )
     check_device(device)
-    _check_paths(source, destination)
+    check_paths(source, destination)
     checkpoint = Checkpoint.open(source)
     plan = plan_conversion(checkpoint, recipe)
     extras = checkpoint.extra_files()
@@ -314,7 +325,7 @@ def convert_checkpoint(
                 lambda: _convert_shards(checkpoint, destination, plan, todo, count, device, hooks)
             )
             output_bytes = group.run_on_rank0_then_share(
-                lambda: _finalize(checkpoint, destination, plan, recipe, extras)
+                lambda: finalize_checkpoint(checkpoint, destination, plan, recipe, extras)
             )
     except KeyboardInterrupt:
         finished = sum(record_path(destination, shard).exists() for shard in checkpoint.shard_names)

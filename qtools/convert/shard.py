@@ -85,7 +85,7 @@ def convert_shard(
         for action in sorted(actions, key=lambda a: a.source.start):
             info = action.source
             if not action.quantize:
-                writer.copy_part(info.name, source, info.start, info.nbytes, check_chunk=_finite_check(source, info))
+                writer.copy_part(info.name, source, info.start, info.nbytes, check_chunk=finite_check(source, info))
                 # A copied tensor's bytes are the source's, so the writer's digest of them is the read digest.
                 read_digest.update(writer.tensor_digest(info.name))
                 _report(on_bytes, info.nbytes)
@@ -110,7 +110,7 @@ def convert_shard(
     )
 
 
-def _finite_check(source: Path, info: TensorInfo) -> Callable[[memoryview], None] | None:
+def finite_check(source: Path, info: TensorInfo) -> Callable[[memoryview], None] | None:
     """A `copy_part` inspector refusing NaN/Inf in a floating-point tensor kept as it is, None for other dtypes."""
     if not info.dtype.is_floating_point:
         return None

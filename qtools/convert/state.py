@@ -13,15 +13,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
-from qtools.checkpoint.hf import INDEX_NAME, STATE_DIR, Checkpoint
+from qtools.checkpoint.hf import CALIBRATION_REPORT, INDEX_NAME, STATE_DIR, Checkpoint
 from qtools.checkpoint.safetensors_io import read_raw_header, shard_digest, write_atomic
 from qtools.convert.lock import LOCK_NAME
 from qtools.convert.shard import ShardRecord
 from qtools.errors import QtoolsError, some_names
 
 PLAN_NAME = "plan.json"
+# Work files of a calibrated (layer-by-layer) conversion: finished layers and spilled hidden states.
+WORK_DIRS = ("layers", "hidden")
 
 
 def source_fingerprint(checkpoint: Checkpoint) -> str:
@@ -156,6 +159,9 @@ def _clear(destination: Path, plan: dict) -> None:
     state = destination / STATE_DIR
     for record in (state / "shards").glob("*.json"):
         record.unlink()
+    for work in WORK_DIRS:
+        shutil.rmtree(state / work, ignore_errors=True)
+    (state / CALIBRATION_REPORT).unlink(missing_ok=True)
     (state / PLAN_NAME).unlink(missing_ok=True)
 
 

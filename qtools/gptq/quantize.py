@@ -1,0 +1,261 @@
+"""GPTQ of one decoder layer's targeted linears from its Hessians, and the layer rebuilt with the results.
+
+Rows of linears that share an input share a Hessian and so one factorisation: an expert's gate_proj and up_proj
+are quantised as one [2I, H] matrix, q/k/v as one [Q + 2K, H] matrix (GPTQ treats rows independently, so the
+codes are those of separate calls). The experts of a projection go through `gptq_quantize_int4` together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from qtools.errors import QtoolsError
+from qtools.formats import Int4GroupLayout
+from qtools.gptq.capture import ALL_TOKENS, BLEND, ROUTED, LayerHessians
+from qtools.numerics.gptq import GPTQResult, gptq_quantize_int4
+from qtools.numerics.hessian import blend_hessians
+from qtools.recipe import Recipe
+from qtools.runtime.layers import DecoderLayer
+from qtools.runtime.weights import Int4GroupLinear
+
+ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
+EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+# Experts quantised per batched GPTQ call: bounds the temporaries (blended Hessians, inverse factors; 2.3 GiB each
+# for 16 gate/up Hessians of the 480B) without costing speed (each call already fills the cores). The codes do not
+# depend on it: GPTQ treats experts independently.
+EXPERTS_PER_STEP = 16
+
+
+@dataclass(frozen=True)
+class LayerTargets:
+    """Which linears of layer `index` the recipe quantises: q/k/v (all or none), o_proj, and the experts whose
+    gate/up/down it targets (all three or none: vLLM loads an MoE only when they share one scheme)."""
+
+    index: int
+    qkv: bool
+    o_proj: bool
+    experts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, recipe: Recipe, index: int, num_experts: int) -> LayerTargets:
+        prefix = f"model.layers.{index}"
+
+        def targeted(names: list[str], what: str) -> bool:
+            chosen = {recipe.quantizes(name) for name in names}
+            if len(chosen) > 1:
+                raise QtoolsError(
+                    f"the recipe quantises some but not all of {', '.join(names)}: {what}; target all or none"
+                )
+            return chosen.pop()
+
+        qkv = targeted([f"{prefix}.self_attn.{p}" for p in ATTENTION_INPUTS], "they share one input and Hessian")
+        experts = tuple(
+            e
+            for e in range(num_experts)
+            if targeted(
+                [f"{prefix}.mlp.experts.{e}.{p}" for p in EXPERT_PROJECTIONS],
+                "vLLM loads an MoE only when an expert's projections share one scheme",
+            )
+        )
+        return cls(index, qkv, recipe.quantizes(f"{prefix}.self_attn.o_proj"), experts)
+
+    def share(self, rank: int, world: int) -> LayerTargets:
+        """What rank `rank` of `world` quantises: a contiguous block of the targeted experts (sizes differ by at
+        most one), and the attention on rank 0."""
+        count = len(self.experts)
+        block = self.experts[rank * count // world : (rank + 1) * count // world]
+        return LayerTargets(self.index, self.qkv and rank == 0, self.o_proj and rank == 0, block)
+
+
+@dataclass
+class LayerQuantization:
+    """Quantised tensors of one layer (checkpoint name -> tensor, in the output format) and what happened: per
+    targeted expert its routed tokens and, where GPTQ did not run on data, why (`fallbacks`: expert ->
+    projection -> reason); `damp_raised`: (module, dampening used) where a Cholesky needed more than the recipe's."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    fallbacks: dict[int, dict[str, str]] = field(default_factory=dict)
+    damp_raised: list[tuple[str, float]] = field(default_factory=list)
+    modules_fallback: list[str] = field(default_factory=list)
+
+    @classmethod
+    def merged(cls, parts: list[LayerQuantization]) -> LayerQuantization:
+        """One layer's results from the ranks' shares (disjoint modules), in the order one rank lists them."""
+        whole = cls()
+        for part in parts:
+            whole.tensors.update(part.tensors)
+            whole.fallbacks.update(part.fallbacks)
+            whole.damp_raised += part.damp_raised
+            whole.modules_fallback += part.modules_fallback
+        whole.tensors = dict(sorted(whole.tensors.items()))
+        whole.fallbacks = dict(sorted(whole.fallbacks.items()))
+        whole.damp_raised.sort()
+        whole.modules_fallback.sort()
+        return whole
+
+
+def _dense_weight(layer: DecoderLayer, path: str) -> torch.Tensor:
+    return layer.get_submodule(path).weight
+
+
+def _prior_strength(recipe: Recipe, hessians: LayerHessians) -> float:
+    """The all-token prior's weight in tokens: `prior_strength` x the routed tokens of an average expert."""
+    routed = float(hessians.routed_tokens.sum())
+    return recipe.prior_strength * routed / max(1, hessians.experts) if routed else recipe.prior_strength
+
+
+def _expert_hessian(
+    recipe: Recipe, hessians: LayerHessians, projection: str, experts: list[int], prior_tokens: float
+) -> torch.Tensor:
+    """The Hessian(s) `projection` ("gate_up" or "down") of `experts` get under the recipe's coverage."""
+    index = torch.tensor([hessians.slot[e] for e in experts])
+    routed = hessians.gate_up_routed if projection == "gate_up" else hessians.down_routed
+    everything = hessians.gate_up_all if projection == "gate_up" else hessians.down_all
+    if recipe.coverage == ROUTED:
+        return routed.mean[index]
+    prior = everything.mean if everything.experts is None else everything.mean[index]
+    if recipe.coverage == ALL_TOKENS:
+        return prior
+    assert recipe.coverage == BLEND
+    return blend_hessians(routed.mean[index], hessians.routed_tokens[torch.tensor(experts)], prior, prior_tokens)
+
+
+class _Quantizer:
+    def __init__(self, recipe: Recipe, layout: Int4GroupLayout, device: str, prefix: str, dtype_of):
+        self.recipe, self.layout, self.device, self.prefix, self.dtype_of = recipe, layout, device, prefix, dtype_of
+        self.result = LayerQuantization()
+
+    def run(self, module: str, weight: torch.Tensor, hessian: torch.Tensor, tokens: torch.Tensor | None) -> GPTQResult:
+        """GPTQ of weight [E, out, in] or [out, in]; scales in the dtype `module` is stored in at the source (the
+        model dtype: the layer may compute in float32, an exact widening of the BF16 weights)."""
+        return gptq_quantize_int4(
+            weight.to(self.device),
+            hessian.to(self.device),
+            group_size=self.layout.group_size,
+            damp=self.recipe.damp,
+            tokens=None if tokens is None else tokens.to(self.device),
+            min_tokens=1,
+            scale_dtype=self.dtype_of(f"{self.prefix}.{module}"),
+        )
+
+    def store(self, module: str, codes: torch.Tensor, scales: torch.Tensor) -> None:
+        """The output tensors of `module` from its codes int8 [out, in] and scales [out, in / group]."""
+        name = f"{self.prefix}.{module}"
+        for suffix, tensor in self.layout.encode(codes.cpu(), scales.cpu()).items():
+            self.result.tensors[f"{name}.{suffix}"] = tensor.contiguous()
+        for suffix, tensor in self.layout.constant_tensors(tuple(codes.shape)).items():
+            self.result.tensors[f"{name}.{suffix}"] = tensor
+
+    def note_damp(self, module: str, result: GPTQResult, index: int) -> None:
+        used = float(result.damp[index])
+        if used > self.recipe.damp * 1.5:
+            self.result.damp_raised.append((f"{self.prefix}.{module}", used))
+
+
+def quantize_layer(
+    layer: DecoderLayer,
+    hessians: LayerHessians,
+    targets: LayerTargets,
+    recipe: Recipe,
+    layout: Int4GroupLayout,
+    dtype_of: Callable[[str], torch.dtype],
+    device: str = "cpu",
+    experts_per_step: int = EXPERTS_PER_STEP,
+    on_experts: Callable[[int], None] | None = None,
+) -> LayerQuantization:
+    """GPTQ of the targeted linears of `layer` (dense, as loaded from the BF16 shards) with `hessians`;
+    `dtype_of(module)` is the dtype the source stores `module`'s weight in (that of its scales).
+
+    Experts are quantised per projection, all at once: gate/up as one matrix per expert, then down. An expert
+    routed fewer than `recipe.rtn_below_tokens` tokens is rounded to nearest (asked for); one whose Hessian holds
+    no data (routed coverage, no token routed to it) or whose Cholesky fails at every dampening is rounded to
+    nearest by the core (never zeroed); each is recorded in `fallbacks`. Experts go `experts_per_step` at a time,
+    `on_experts(count)` told after each step.
+    """
+    quantizer = _Quantizer(recipe, layout, device, f"model.layers.{targets.index}", dtype_of)
+    result = quantizer.result
+    if targets.qkv:
+        weights = [_dense_weight(layer, f"self_attn.{p}") for p in ATTENTION_INPUTS]
+        out = quantizer.run("self_attn.q_proj", torch.cat(weights), hessians.attention.mean, None)
+        start = 0
+        for projection, weight in zip(ATTENTION_INPUTS, weights, strict=True):
+            rows = slice(start, start + weight.shape[0])
+            quantizer.store(f"self_attn.{projection}", out.codes[0, rows], out.scales[0, rows])
+            start += weight.shape[0]
+            quantizer.note_damp(f"self_attn.{projection}", out, 0)
+        if bool(out.fallback[0]):
+            result.modules_fallback.append(f"{quantizer.prefix}.self_attn.qkv")
+    if targets.o_proj:
+        out = quantizer.run("self_attn.o_proj", _dense_weight(layer, "self_attn.o_proj"), hessians.o_proj.mean, None)
+        quantizer.store("self_attn.o_proj", out.codes[0], out.scales[0])
+        quantizer.note_damp("self_attn.o_proj", out, 0)
+        if bool(out.fallback[0]):
+            result.modules_fallback.append(f"{quantizer.prefix}.self_attn.o_proj")
+    if not targets.experts:
+        return result
+    prior_tokens = _prior_strength(recipe, hessians)
+    for first in range(0, len(targets.experts), experts_per_step):
+        step = list(targets.experts[first : first + experts_per_step])
+        _quantize_experts(layer, hessians, step, quantizer, prior_tokens)
+        if on_experts is not None:
+            on_experts(len(step))
+    return result
+
+
+def _quantize_experts(
+    layer: DecoderLayer, hessians: LayerHessians, experts: list[int], quantizer: _Quantizer, prior_tokens: float
+) -> None:
+    """GPTQ of the gate/up and down projections of `experts`, batched; results and fallbacks into `quantizer`."""
+    recipe, result = quantizer.recipe, quantizer.result
+    routed = hessians.routed_tokens[torch.tensor(experts)]
+    forced = routed < recipe.rtn_below_tokens
+    tokens = None if not bool(forced.any()) else (~forced).long()
+    for projection in ("gate_up", "down"):
+        if projection == "gate_up":
+            stacked = [
+                torch.cat([_dense_weight(layer, f"mlp.experts.{e}.{p}") for p in ("gate_proj", "up_proj")])
+                for e in experts
+            ]
+        else:
+            stacked = [_dense_weight(layer, f"mlp.experts.{e}.down_proj") for e in experts]
+        hessian = _expert_hessian(recipe, hessians, projection, experts, prior_tokens)
+        out = quantizer.run(f"mlp.experts.{experts[0]}.down_proj", torch.stack(stacked), hessian, tokens)
+        del hessian
+        width = stacked[0].shape[0] // 2
+        for slot, expert in enumerate(experts):
+            names = ("gate_proj", "up_proj") if projection == "gate_up" else ("down_proj",)
+            for part, name in enumerate(names):
+                rows = slice(part * width, (part + 1) * width) if projection == "gate_up" else slice(None)
+                quantizer.store(f"mlp.experts.{expert}.{name}", out.codes[slot, rows], out.scales[slot, rows])
+                quantizer.note_damp(f"mlp.experts.{expert}.{name}", out, slot)
+            reason = None
+            if bool(forced[slot]):
+                reason = f"round-to-nearest as asked ({int(routed[slot])} routed tokens < {recipe.rtn_below_tokens})"
+            elif bool(out.no_data[slot]):
+                reason = "round-to-nearest: no calibration data (no token routed to it)"
+            elif bool(out.cholesky_failed[slot]):
+                reason = "round-to-nearest: Cholesky failed at every dampening tried"
+            if reason:
+                result.fallbacks.setdefault(expert, {})[projection] = reason
+
+
+def install_quantized(layer: DecoderLayer, tensors: dict[str, torch.Tensor], layout: Int4GroupLayout, prefix: str):
+    """Replace each linear of `layer` that `tensors` (checkpoint names under `prefix`, e.g. `model.layers.3`)
+    holds INT4 weights for with the runtime's INT4 linear on those tensors: the layer then computes what the
+    runtime computes for the output checkpoint."""
+    packed = layout.codes_suffix
+    modules = sorted(name[len(prefix) + 1 : -len(packed) - 1] for name in tensors if name.endswith(f".{packed}"))
+    for module in modules:
+        parent, _, child = module.rpartition(".")
+        old = layer.get_submodule(module)
+        device = old.weight.device
+        new = Int4GroupLinear(
+            tensors[f"{prefix}.{module}.{packed}"].to(device),
+            tensors[f"{prefix}.{module}.{layout.scale_suffixes[0]}"].to(device),
+            layout,
+            old.backend,
+        )
+        setattr(layer.get_submodule(parent), child, new)

@@ -1,0 +1,402 @@
+"""`convert_gptq`: a calibrated W4A16 conversion, layer by layer from the BF16 shards.
+
+Validate everything up front and lock the output (qtools.convert's plan, lock and state); embed the calibration
+tokens; then per decoder layer: load it dense (the runtime's loader), run the hidden states through it causally
+with its modules' inputs captured into Hessians, GPTQ the targeted linears, save the layer's tensors (the resume
+point), rebuild the layer with those INT4 weights and run it to produce the next layer's inputs (error
+propagation), free it. A resumed run recomputes the hidden states through the finished layers from their files,
+so it computes exactly what an uninterrupted run does. Last, the output shards are assembled, the calibration
+report written to `DST/.qtools/calibration.json` and config and index written as the model-free converter does.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from qtools.calibration import CalibrationSet
+from qtools.checkpoint.hf import CALIBRATION_REPORT, INDEX_NAME, STATE_DIR, Checkpoint
+from qtools.checkpoint.safetensors_io import write_atomic
+from qtools.convert.distributed import Group, session
+from qtools.convert.lock import destination_lock
+from qtools.convert.plan import plan_conversion
+from qtools.convert.run import check_device, check_paths, finalize_checkpoint
+from qtools.convert.state import (
+    finished_record,
+    prepare_destination,
+    refuse_foreign_destination,
+    source_change,
+    source_fingerprint,
+    source_identity,
+)
+from qtools.errors import QtoolsError
+from qtools.formats import DenseFormat, detect, format_for_recipe
+from qtools.gptq.assemble import write_shard
+from qtools.gptq.capture import ALL_TOKENS, BLEND, LayerHessians, capturing, run_all_experts
+from qtools.gptq.hidden import hidden_stores
+from qtools.gptq.layer_files import finished_layer, layers_dir, load_layer_tensors, save_layer
+from qtools.gptq.quantize import LayerQuantization, LayerTargets, install_quantized, quantize_layer
+from qtools.recipe import Recipe
+from qtools.runtime.loading import CheckpointLoader
+
+DEFAULT_BATCH = 8
+# Activations and dense weights: the served model's bfloat16 on CUDA; float32 on CPU, where bf16 matmuls without
+# AMX run about 10x slower than float32 ones (and float32 of the BF16 weights is the more exact forward).
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def compute_dtype(name: str, device: str) -> torch.dtype:
+    """The compute dtype `name` (auto, bfloat16 or float32) means on `device`."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in DTYPES:
+        raise QtoolsError(f"compute dtype {name!r}: choose auto, bfloat16 or float32")
+    return DTYPES[name]
+
+
+@dataclass
+class GPTQHooks:
+    """Callbacks for a front end (the CLI's progress bars); all optional. Without `on_warning`, warnings go
+    through `warnings.warn`."""
+
+    on_start: Callable[[int, int, int], None] | None = None  # (layers, layers already finished, tokens)
+    on_layer_start: Callable[[int, str, int], None] | None = None  # (layer, phase, units of work in the phase)
+    on_advance: Callable[[int], None] | None = None  # units (tokens, or experts while quantising) done
+    on_layer_done: Callable[[int, dict], None] | None = None  # (layer, its report)
+    on_warning: Callable[[str], None] | None = None
+    # (layer, "attention" | "o_proj" | "moe", inputs [N, in]): what the Hessians of a layer being calibrated see.
+    on_inputs: Callable[[int, str, torch.Tensor], None] | None = None
+
+    def warn(self, message: str) -> None:
+        if self.on_warning:
+            self.on_warning(message)
+        else:
+            import warnings
+
+            warnings.warn(message, stacklevel=3)
+
+    def phase(self, layer: int, name: str, units: int) -> None:
+        if self.on_layer_start:
+            self.on_layer_start(layer, name, units)
+
+    def advance(self, units: int) -> None:
+        if self.on_advance:
+            self.on_advance(units)
+
+
+@dataclass
+class GPTQSummary:
+    """What a calibrated conversion did: layers calibrated this run or reused from an interrupted one, experts
+    calibrated by GPTQ on data or rounded to nearest (with the reasons in `report`), time and peak memory."""
+
+    destination: Path
+    layers: int
+    layers_calibrated: int = 0
+    layers_reused: int = 0
+    experts: int = 0
+    experts_calibrated: int = 0
+    experts_fallback: int = 0
+    seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    peak_device_bytes: int = 0
+    report: dict = field(default_factory=dict)
+
+
+def _validate(checkpoint: Checkpoint, recipe: Recipe, calibration: CalibrationSet, batch_size: int) -> None:
+    if not recipe.calibrated:
+        raise QtoolsError(f"recipe method {recipe.method!r} is not calibrated: use qtools.convert.convert_checkpoint")
+    fmt = detect(checkpoint.config)
+    if not isinstance(fmt, DenseFormat):
+        raise QtoolsError(
+            f"{checkpoint.root}: is already quantised ({fmt.label}); GPTQ calibrates from the BF16 checkpoint"
+        )
+    config = checkpoint.model_config
+    ids = calibration.input_ids
+    if int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size:
+        raise QtoolsError(
+            f"calibration {calibration.source}: token ids must lie in [0, {config.vocab_size}) (the model's "
+            f"vocabulary), got {int(ids.min())}..{int(ids.max())}: tokenised for another model?"
+        )
+    if batch_size <= 0:
+        raise QtoolsError(f"calibration batch size must be positive, got {batch_size}")
+
+
+def _expert_outcome(report: dict) -> tuple[int, int]:
+    """(experts calibrated, experts rounded to nearest) in a layer report."""
+    fallback = len(report["fallbacks"])
+    return report["experts"] - fallback, fallback
+
+
+def _layer_report(index: int, routed: list[int], experts: int, quantized: LayerQuantization, tokens: int) -> dict:
+    return {
+        "layer": index,
+        "tokens": tokens,
+        "experts": experts,
+        "routed_tokens": routed,
+        "fallbacks": {str(e): reasons for e, reasons in sorted(quantized.fallbacks.items())},
+        "damp_raised": [[module, damp] for module, damp in quantized.damp_raised],
+        "modules_fallback": quantized.modules_fallback,
+    }
+
+
+def _full_report(recipe: Recipe, calibration: CalibrationSet, reports: list[dict]) -> dict:
+    calibrated = sum(_expert_outcome(r)[0] for r in reports)
+    fallback = sum(_expert_outcome(r)[1] for r in reports)
+    reasons: dict[str, int] = {}
+    for report in reports:
+        for projections in report["fallbacks"].values():
+            for reason in sorted(set(projections.values())):
+                key = reason.split(" (")[0].split(":")[-1].strip()
+                reasons[key] = reasons.get(key, 0) + 1
+    return {
+        "calibration": {
+            "sha256": calibration.sha256,
+            "source": calibration.source,
+            "samples": calibration.samples,
+            "seq_len": calibration.seq_len,
+            "tokens": calibration.tokens,
+        },
+        "method": recipe.method,
+        "coverage": recipe.coverage,
+        "damp": recipe.damp,
+        "prior_strength": recipe.prior_strength,
+        "rtn_below_tokens": recipe.rtn_below_tokens,
+        "group_size": recipe.group_size,
+        "experts": calibrated + fallback,
+        "experts_calibrated": calibrated,
+        "experts_fallback": fallback,
+        "fallback_reasons": dict(sorted(reasons.items())),
+        "damp_raised": sum(len(r["damp_raised"]) for r in reports),
+        "layers": reports,
+    }
+
+
+def _warn_fallbacks(hooks: GPTQHooks, report: dict, damp: float) -> None:
+    for expert, projections in report["fallbacks"].items():
+        tokens = report["routed_tokens"][int(expert)]
+        described = "; ".join(f"{projection}: {reason}" for projection, reason in projections.items())
+        hooks.warn(
+            f"layer {report['layer']} expert {expert}: {described} ({tokens} of {report['tokens']} calibration "
+            "tokens routed to it)"
+        )
+    for module, used in report["damp_raised"]:
+        hooks.warn(f"{module}: the Cholesky factorisation needed dampening {used:g} (the recipe's: {damp:g})")
+    for module in report["modules_fallback"]:
+        hooks.warn(f"{module}: rounded to nearest (no data or Cholesky failed)")
+
+
+class _LayerRunner:
+    """Runs one conversion's layers over the calibration hidden states."""
+
+    def __init__(
+        self, group: Group, checkpoint, destination, recipe, calibration, device, dtype, max_memory, batch_size, hooks
+    ):
+        self.group, self.destination, self.recipe, self.hooks = group, destination, recipe, hooks
+        self.device, self.batch, self.dtype = torch.device(device), batch_size, dtype
+        self.loader = CheckpointLoader(checkpoint, device, dtype, "torch", act_quant=False)
+        self.config = self.loader.config
+        self.layout = format_for_recipe(recipe).layout_for("model.layers.0.mlp.experts.0.gate_proj")
+        self.ids = calibration.input_ids
+        samples, length = self.ids.shape
+        shape = (samples, length, self.config.hidden_size)
+        self.current, self.following = hidden_stores(
+            shape, dtype, max_memory, destination / STATE_DIR / "hidden" / f"rank-{group.rank}"
+        )
+        self.positions = torch.arange(length, device=self.device)
+        self.all_token_down = recipe.coverage in (ALL_TOKENS, BLEND)
+
+    def stored_dtype(self, module: str) -> torch.dtype:
+        return self.loader.source.info(f"{module}.weight").dtype
+
+    def batches(self) -> list[tuple[int, int]]:
+        samples = self.ids.shape[0]
+        return [(first, min(self.batch, samples - first)) for first in range(0, samples, self.batch)]
+
+    def embed(self) -> None:
+        c = self.config
+        table = self.loader.source.read_shape_checked(
+            "model.embed_tokens.weight", (c.vocab_size, c.hidden_size), self.device, self.dtype
+        )
+        for first, count in self.batches():
+            self.current.write(first, F.embedding(self.ids[first : first + count].to(self.device), table))
+
+    def calibrate(self, index: int, layer, targets: LayerTargets) -> dict:
+        """Hessians and GPTQ of this rank's share of the layer's targets (every rank runs every token through
+        the layer; each keeps and quantises its own experts' Hessians); rank 0 saves the merged layer."""
+        mine = targets.share(self.group.rank, self.group.world)
+        parts = self.group.run_and_gather(lambda: self._calibrate_share(index, layer, mine))
+        quantized = LayerQuantization.merged([part for part, _ in parts])
+        report = _layer_report(index, parts[0][1], len(targets.experts), quantized, self.ids.numel())
+        self.group.run_on_rank0_then_share(lambda: save_layer(self.destination, index, quantized.tensors, report))
+        return report
+
+    def _calibrate_share(self, index: int, layer, mine: LayerTargets) -> tuple[LayerQuantization, list[int]]:
+        hessians = LayerHessians.for_layer(layer, self.recipe.coverage, mine.qkv, mine.o_proj, mine.experts)
+        self.hooks.phase(index, "calibrate", self.ids.numel())
+        observer = None
+        if self.hooks.on_inputs is not None:
+            observer = lambda where, x: self.hooks.on_inputs(index, where, x)  # noqa: E731
+        with capturing(layer, hessians, observer) as sink:
+            for first, count in self.batches():
+                layer(self.current.read(first, count, self.device), self.positions)
+                if self.all_token_down and mine.experts:
+                    run_all_experts(layer, sink)
+                self.hooks.advance(count * self.ids.shape[1])
+        self.hooks.phase(index, "quantise", len(mine.experts))
+        quantized = quantize_layer(
+            layer, hessians, mine, self.recipe, self.layout, self.stored_dtype, str(self.device),
+            on_experts=self.hooks.advance,
+        )  # fmt: skip
+        return quantized, hessians.routed_tokens.tolist()
+
+    def propagate(self, index: int, layer) -> None:
+        self.hooks.phase(index, "propagate", self.ids.numel())
+        for first, count in self.batches():
+            self.following.write(first, layer(self.current.read(first, count, self.device), self.positions))
+            self.hooks.advance(count * self.ids.shape[1])
+        self.current, self.following = self.following, self.current
+
+    def run(self, first_todo: int) -> list[dict]:
+        """Every layer's report; layers before `first_todo` are finished and only propagated through."""
+        reports = []
+        layers = self.config.num_layers
+        with torch.no_grad():
+            self.embed()
+            for index in range(layers):
+                targets = LayerTargets.of(self.recipe, index, self.config.num_experts)
+                report = finished_layer(self.destination, index) if index < first_todo else None
+                if report is None and index < first_todo:
+                    raise QtoolsError(f"{layers_dir(self.destination)}: layer {index} changed during the run")
+                layer = self.loader.layer(index)
+                if report is None:
+                    report = self.calibrate(index, layer, targets)
+                    if self.group.rank == 0:
+                        _warn_fallbacks(self.hooks, report, self.recipe.damp)
+                    if self.hooks.on_layer_done:
+                        self.hooks.on_layer_done(index, report)
+                reports.append(report)
+                if index + 1 < layers:
+                    # The layer as the output checkpoint holds it, read back from its file: a resumed run
+                    # propagates through exactly the weights an uninterrupted one did.
+                    install_quantized(
+                        layer, load_layer_tensors(self.destination, index), self.layout, f"model.layers.{index}"
+                    )
+                    self.propagate(index, layer)
+                del layer
+        self.current.close()
+        self.following.close()
+        return reports
+
+
+def _first_unfinished_layer(destination: Path, layers: int) -> int:
+    for index in range(layers):
+        if finished_layer(destination, index) is None:
+            return index
+    return layers
+
+
+def convert_gptq(
+    source: str | Path,
+    destination: str | Path,
+    recipe: Recipe,
+    calibration: CalibrationSet,
+    device: str = "cpu",
+    overwrite: bool = False,
+    max_memory: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    hooks: GPTQHooks | None = None,
+    dtype: str = "auto",
+) -> GPTQSummary:
+    """Convert the BF16 checkpoint at `source` into `destination` with the calibrated recipe `recipe` (method
+    gptq) over `calibration` (token ids [N, T]); resumable after any interruption, see the module docstring.
+
+    device: where the layers and GPTQ run (cpu, cuda, cuda:N). max_memory: bytes the two sets of hidden states
+    ([N, T, hidden] bf16 each) may take in memory, past which they are spilled to `DST/.qtools/hidden/` (None: no
+    limit). batch_size: sequences per forward; dtype: compute dtype of activations and dense weights (auto:
+    bfloat16 on CUDA, float32 on CPU). Both are part of the run's identity (they change the float rounding).
+    Raises QtoolsError on bad input before anything is written.
+    """
+    source, destination = Path(source), Path(destination)
+    hooks = hooks or GPTQHooks()
+    started = time.perf_counter()
+    check_device(device)
+    torch_dtype = compute_dtype(dtype, device)
+    check_paths(source, destination)
+    checkpoint = Checkpoint.open(source)
+    _validate(checkpoint, recipe, calibration, batch_size)
+    plan = plan_conversion(checkpoint, recipe)
+    config = checkpoint.model_config
+    for index in range(config.num_layers):
+        LayerTargets.of(recipe, index, config.num_experts)
+    extras = checkpoint.extra_files()
+    outputs = sorted({*checkpoint.shard_names, "config.json", INDEX_NAME, *(e.as_posix() for e in extras)})
+    identity = {
+        "source": str(source.resolve()),
+        "source_fingerprint": source_fingerprint(checkpoint),
+        "recipe": json.loads(recipe.fingerprint()),
+        "calibration": {"sha256": calibration.sha256, "shape": list(calibration.input_ids.shape)},
+        "calibration_batch": batch_size,
+        "compute_dtype": str(torch_dtype).removeprefix("torch."),
+    }
+    summary = GPTQSummary(destination, config.num_layers)
+    report_path = destination / STATE_DIR / CALIBRATION_REPORT
+    with session(device) as group, ExitStack() as held:
+
+        def prepare() -> None:
+            refuse_foreign_destination(destination)
+            held.enter_context(destination_lock(destination))
+            prepare_destination(destination, identity, outputs, overwrite)
+
+        group.run_on_rank0_then_share(prepare)
+        todo = [
+            shard
+            for shard in checkpoint.shard_names
+            if (record := finished_record(destination, shard)) is None
+            or source_change(record, source_identity(checkpoint.root / shard))
+        ]
+        if todo or not report_path.exists():
+            first_todo = _first_unfinished_layer(destination, config.num_layers)
+            summary.layers_reused = first_todo
+            summary.layers_calibrated = config.num_layers - first_todo
+            if hooks.on_start:
+                hooks.on_start(config.num_layers, first_todo, calibration.tokens)
+            runner = _LayerRunner(
+                group, checkpoint, destination, recipe, calibration, device, torch_dtype, max_memory, batch_size, hooks
+            )
+            reports = runner.run(first_todo)
+            del runner
+            mine = group.my_shards({shard: checkpoint.shard_bytes(shard) for shard in todo})
+            group.run_everywhere(lambda: [write_shard(checkpoint, destination, plan, shard) for shard in mine])
+            report = _full_report(recipe, calibration, reports)
+            group.run_on_rank0_then_share(
+                lambda: write_atomic(report_path, (json.dumps(report, indent=1) + "\n").encode())
+            )
+        else:
+            summary.layers_reused = config.num_layers
+
+        def finish() -> dict:
+            finalize_checkpoint(
+                checkpoint, destination, plan, recipe, extras, {"qtools_calibration_sha256": calibration.sha256}
+            )
+            shutil.rmtree(layers_dir(destination), ignore_errors=True)
+            shutil.rmtree(destination / STATE_DIR / "hidden", ignore_errors=True)
+            return json.loads(report_path.read_text())
+
+        summary.report = group.run_on_rank0_then_share(finish)
+    summary.experts = summary.report["experts"]
+    summary.experts_calibrated = summary.report["experts_calibrated"]
+    summary.experts_fallback = summary.report["experts_fallback"]
+    summary.seconds = time.perf_counter() - started
+    summary.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device.startswith("cuda"):
+        summary.peak_device_bytes = torch.cuda.max_memory_allocated()
+    return summary
