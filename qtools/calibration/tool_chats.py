@@ -84,50 +84,57 @@ def _call(name: str, **arguments: Any) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _turn(rng: random.Random, code: list[tuple[str, str]]) -> tuple[str, list[dict[str, Any]], list[str], str, str]:
-    """(request, calls, responses, final answer, tool used) of one shape of conversation."""
-    name, text = rng.choice(code)
+Turn = tuple[str, list[dict[str, Any]], list[str], str, str]
+"""(request, tool calls, tool responses, final answer, the tool used) of one conversation."""
+
+
+def _read_file(rng: random.Random, name: str, text: str, code: list[tuple[str, str]]) -> Turn:
     path = f"{rng.choice(('src', 'lib', 'app'))}/{name}"
-    shape = rng.randrange(6)
-    if shape == 0:
-        first, body = _window(rng, text, rng.randint(12, 40))
-        request = f"Show me {path} around line {first} and tell me what it does."
-        answer = f"Lines {first} onwards of {path} are shown above: part of the {name[:-3]} module."
-        return request, [_call("read_file", path=path, start_line=first)], [body], answer, "read_file"
-    if shape == 1:
-        functions = DEF.findall(text) or ["main"]
-        target = rng.choice(functions)
-        hits = [f"{path}:{number}: {line}" for number, line in enumerate(text.splitlines(), 1) if target in line]
-        request = f"Where is {target} used?"
-        calls = [_call("search_code", pattern=rf"\b{target}\b", max_results=rng.choice((10, 20, 50)))]
-        return (
-            request,
-            calls,
-            ["\n".join(hits[:20])],
-            f"{target} appears {len(hits)} times, all in {path}.",
-            "search_code",
-        )
-    if shape == 2:
-        passed, failed = rng.randint(3, 200), rng.choice((0, 0, 1, 2))
-        output = f"exit status {int(failed > 0)}\n" + "." * min(passed, 60) + "F" * failed
-        output += f"\n{passed} passed" + (f", {failed} failed" if failed else "") + f" in {rng.uniform(0.2, 30):.2f}s"
-        request = f"Run the tests for {name[:-3]}."
-        calls = [_call("run_command", command=f"python -m pytest -q tests/test_{name}", timeout=rng.choice((60, 300)))]
-        answer = "All tests pass." if not failed else f"{failed} test(s) fail; I will look at the first failure."
-        return request, calls, [output], answer, "run_command"
-    if shape == 3:
-        _, body = _window(rng, text, rng.randint(8, 30))
-        request = f"Save this snippet as {path}:\n```python\n{body}\n```"
-        calls = [_call("write_file", path=path, content=body)]
-        return request, calls, [f"wrote {len(body.encode())} bytes to {path}"], f"Saved {path}.", "write_file"
-    if shape == 4:
-        other, other_text = rng.choice(code)
-        bodies = [_window(rng, text, rng.randint(8, 20))[1], _window(rng, other_text, rng.randint(8, 20))[1]]
-        request = f"Compare {name} and {other}."
-        calls = [_call("read_file", path=path), _call("read_file", path=f"lib/{other}")]
-        return request, calls, bodies, f"{name} and {other} solve different problems; see the excerpts.", "read_file"
+    first, body = _window(rng, text, rng.randint(12, 40))
+    request = f"Show me {path} around line {first} and tell me what it does."
+    answer = f"Lines {first} onwards of {path} are shown above: part of the {name[:-3]} module."
+    return request, [_call("read_file", path=path, start_line=first)], [body], answer, "read_file"
+
+
+def _search_code(rng: random.Random, name: str, text: str, code: list[tuple[str, str]]) -> Turn:
+    target = rng.choice(DEF.findall(text) or ["main"])
+    hits = [f"src/{name}:{number}: {line}" for number, line in enumerate(text.splitlines(), 1) if target in line]
+    calls = [_call("search_code", pattern=rf"\b{target}\b", max_results=rng.choice((10, 20, 50)))]
+    answer = f"{target} appears {len(hits)} times, all in src/{name}."
+    return f"Where is {target} used?", calls, ["\n".join(hits[:20])], answer, "search_code"
+
+
+def _run_tests(rng: random.Random, name: str, text: str, code: list[tuple[str, str]]) -> Turn:
+    passed, failed = rng.randint(3, 200), rng.choice((0, 0, 1, 2))
+    output = f"exit status {int(failed > 0)}\n" + "." * min(passed, 60) + "F" * failed
+    output += f"\n{passed} passed" + (f", {failed} failed" if failed else "") + f" in {rng.uniform(0.2, 30):.2f}s"
+    calls = [_call("run_command", command=f"python -m pytest -q tests/test_{name}", timeout=rng.choice((60, 300)))]
+    answer = "All tests pass." if not failed else f"{failed} test(s) fail; I will look at the first failure."
+    return f"Run the tests for {name[:-3]}.", calls, [output], answer, "run_command"
+
+
+def _write_file(rng: random.Random, name: str, text: str, code: list[tuple[str, str]]) -> Turn:
+    path = f"app/{name}"
+    _, body = _window(rng, text, rng.randint(8, 30))
+    request = f"Save this snippet as {path}:\n```python\n{body}\n```"
+    calls = [_call("write_file", path=path, content=body)]
+    return request, calls, [f"wrote {len(body.encode())} bytes to {path}"], f"Saved {path}.", "write_file"
+
+
+def _compare_files(rng: random.Random, name: str, text: str, code: list[tuple[str, str]]) -> Turn:
+    other, other_text = rng.choice(code)
+    bodies = [_window(rng, text, rng.randint(8, 20))[1], _window(rng, other_text, rng.randint(8, 20))[1]]
+    calls = [_call("read_file", path=f"src/{name}"), _call("read_file", path=f"lib/{other}")]
+    answer = f"{name} and {other} solve different problems; see the excerpts."
+    return f"Compare {name} and {other}.", calls, bodies, answer, "read_file"
+
+
+def _plain_answer(rng: random.Random, name: str, text: str, code: list[tuple[str, str]]) -> Turn:
     index = rng.randrange(len(QUESTIONS))
     return QUESTIONS[index], [], [], ANSWERS[index], rng.choice(tuple(TOOLS))
+
+
+SHAPES = (_read_file, _search_code, _run_tests, _write_file, _compare_files, _plain_answer)
 
 
 def tool_conversations(rng: random.Random, code: list[tuple[str, str]]) -> Iterator[tuple[list[dict], list[dict]]]:
@@ -135,7 +142,8 @@ def tool_conversations(rng: random.Random, code: list[tuple[str, str]]) -> Itera
     ((name, text) pairs)."""
     names = tuple(TOOLS)
     while True:
-        request, calls, responses, answer, used = _turn(rng, code)
+        name, text = rng.choice(code)
+        request, calls, responses, answer, used = rng.choice(SHAPES)(rng, name, text, code)
         offered = [used, *rng.sample([name for name in names if name != used], rng.randint(1, 4))]
         rng.shuffle(offered)
         messages: list[dict[str, Any]] = [{"role": "user", "content": request}]
