@@ -21,6 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from qtools.calibration import load_calibration
+from qtools.calibration.packing import separator_token_id
 from qtools.calibration.stdlib_code import calibration_code, is_check_heldout, stdlib_dir
 from qtools.errors import QtoolsError
 from qtools.testing.files import REPO_ROOT, TOY_MODEL_DIR
@@ -78,9 +79,9 @@ def packed(tokenizer, texts: list[str], seed: int, samples: int, seq_len: int) -
     """Oracle: texts in `random.Random(seed)` order, each tokenised and followed by EOS, cut into rows."""
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
-    stream = []
+    stream, separator = [], separator_token_id(tokenizer, "test")
     for index in order:
-        stream += tokenizer(texts[index], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        stream += tokenizer(texts[index], add_special_tokens=False)["input_ids"] + [separator]
     return torch.tensor(stream[: samples * seq_len]).view(samples, seq_len)
 
 
@@ -157,7 +158,7 @@ def test_chat_records_render_with_the_checkpoints_template(tmp_path, tokenizer):
     """A chat record (tool calls, tool responses, tools) from parquet becomes exactly the template's rendering."""
     rendered = tokenizer.apply_chat_template(CHAT["messages"], tools=CHAT["tools"], tokenize=False)
     assert "<tool_call>\n<function=search>" in rendered and "<tool_response>\nLisbon hosts" in rendered
-    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"] + [separator_token_id(tokenizer, "test")]
     table = pa.Table.from_pylist([CHAT])
     pq.write_table(table, tmp_path / "chat.parquet")
     assert table.to_pylist()[0]["messages"][2]["tool_calls"][1]["function"]["arguments"]["city"] is None
@@ -168,7 +169,7 @@ def test_chat_records_render_with_the_checkpoints_template(tmp_path, tokenizer):
 
 def test_chat_records_with_tools_as_a_json_string(tmp_path, tokenizer):
     rendered = tokenizer.apply_chat_template(CHAT["messages"], tools=CHAT["tools"], tokenize=False)
-    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"] + [separator_token_id(tokenizer, "test")]
     data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CHAT["messages"], "tools": json.dumps(CHAT["tools"])}])
     assert load_calibration(str(data), CHECKPOINT, 1, len(ids), 0).input_ids[0].tolist() == ids
 
@@ -282,7 +283,8 @@ def test_builtin_default_mixes_code_and_tool_conversations(tokenizer):
             tool_rows += 1
         else:
             code_rows += 1
-            pieces = [tokenizer.decode(piece) for piece in split_at(row.tolist(), tokenizer.eos_token_id)]
+            separator = separator_token_id(tokenizer, "test")
+            pieces = [tokenizer.decode(piece) for piece in split_at(row.tolist(), separator)]
             assert all(any(piece in text for text in code) for piece in pieces)
     assert code_rows == tool_rows == 4
     tool_ids = calibration.input_ids[(calibration.input_ids == tool_call).any(dim=1)]

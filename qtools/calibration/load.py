@@ -53,9 +53,10 @@ def load_calibration(
     `.parquet` file, a folder of those or of text files, or a Hub dataset name (`split`, `revision`), read by
     `qtools.calibration.sources`. Each record's text is its `column` (default: `messages`, else `text`, else
     `content`); chat records are rendered with the checkpoint's chat template. Documents are shuffled with `seed`,
-    joined with EOS and cut into rows (`qtools.calibration.packing` says why). `sha256` covers the token ids, the
-    spec's identity and the seed. QtoolsError for a missing column (the columns are listed), data too small for
-    samples * seq_len (its token count is given), an unreadable source or a checkpoint without a tokenizer.
+    joined with `<|endoftext|>` and cut into rows (`qtools.calibration.packing` says why). `sha256` covers the
+    token ids, the spec's identity and the seed. QtoolsError for a missing column (the columns are listed), data
+    too small for samples * seq_len (its token count is given), an unreadable source or a checkpoint without a
+    tokenizer.
     """
     if samples < 1 or seq_len < 1:
         raise QtoolsError(f"calibration needs samples >= 1 and seq_len >= 1, got {samples} and {seq_len}")

@@ -1,10 +1,10 @@
-"""Pack documents into calibration sequences: tokenise in a seeded order, join with EOS, cut into equal rows.
+"""Pack documents into calibration sequences: tokenise in a seeded order, join, cut into equal rows.
 
 Why concatenate and cut rather than one document per row (padded or truncated): every row has exactly
 `seq_len` real tokens, so the layer-by-layer forward stacks them as one [N, T] batch with no padding or attention
 mask to get wrong, and no token of a Hessian comes from padding; short documents (a tool call, a small file) are not
 wasted as mostly-empty rows and long ones are not cut to their first `seq_len` tokens (positions deep in a
-sequence are calibrated too). Rows cross document boundaries, with EOS between documents, as in pretraining.
+sequence are calibrated too). Rows cross document boundaries, with `<|endoftext|>` between documents, as in pretraining.
 The documents are shuffled with the seed first, so a seed picks which documents fill the budget when the data
 holds more than `samples * seq_len` tokens, and the hash says exactly which tokens were used.
 """
@@ -25,11 +25,24 @@ from qtools.errors import QtoolsError
 TOKENIZE_BATCH = 32  # documents tokenised per call: the fast tokenizer parallelises over a batch
 
 
-def eos_token_id(tokenizer: Any, where: str) -> int:
-    """The tokenizer's EOS id (the separator between packed documents); QtoolsError when it has none."""
+DOCUMENT_SEPARATOR = "<|endoftext|>"
+"""Qwen's end-of-document token, which pretraining puts between documents. The chat EOS of Qwen3-Coder's
+tokenizer is `<|im_end|>`, the end of a turn: a separator the model reads after every turn, not between
+documents."""
+
+
+def separator_token_id(tokenizer: Any, where: str) -> int:
+    """The id joining packed documents: `DOCUMENT_SEPARATOR` when the vocabulary has it, else the tokenizer's EOS;
+    QtoolsError when it has neither."""
+    separator = tokenizer.convert_tokens_to_ids(DOCUMENT_SEPARATOR)
+    if isinstance(separator, int) and separator != getattr(tokenizer, "unk_token_id", None):
+        return separator
     eos = getattr(tokenizer, "eos_token_id", None)
     if not isinstance(eos, int):
-        raise QtoolsError(f"{where}: the tokenizer has no eos_token, needed to separate packed calibration documents")
+        raise QtoolsError(
+            f"{where}: the tokenizer has neither {DOCUMENT_SEPARATOR} nor an eos_token, needed to separate packed "
+            "calibration documents"
+        )
     return eos
 
 
@@ -52,7 +65,7 @@ def pack_documents(
 
     Raises QtoolsError naming `description` and how many tokens it has when that is under samples * seq_len.
     """
-    eos = eos_token_id(tokenizer, description)
+    eos = separator_token_id(tokenizer, description)
     needed = samples * seq_len
     stream: list[int] = []
     documents = 0
