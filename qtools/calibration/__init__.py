@@ -1,7 +1,9 @@
 """Calibration data for GPTQ: token sequences of one length, and the identity of where they came from.
 
-`CalibrationSet` is what the calibrated conversion consumes; the loaders that build one from local files, a Hub
-dataset or the built-in default live beside it in this package.
+`CalibrationSet` is what the calibrated conversion consumes; `load_calibration` (in `load.py`) builds one from
+local files, a Hub dataset or the built-in default, with the modules beside it: `sources` (reading records),
+`documents` (records to text, chat rendered with the checkpoint's template), `packing` (tokens into rows, the
+hash), `builtin` with `stdlib_code` and `tool_chats` (the default mix).
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CalibrationSet"]
+from qtools._lazy import lazy_getattr
+
+__all__ = ["CalibrationSet", "load_calibration"]
+
+# load_calibration pulls in transformers and datasets: imported on first use so `import qtools.calibration`
+# (which the conversion pipeline does for the CalibrationSet type) stays cheap.
+__getattr__ = lazy_getattr(__name__, {"load_calibration": "qtools.calibration.load"})
 
 
 @dataclass(frozen=True)
