@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -68,8 +69,13 @@ def convert(
         ),
     ] = None,
     calibration_samples: Annotated[int, typer.Option(min=1, help="calibration sequences")] = 128,
-    calibration_seq_len: Annotated[int, typer.Option(min=1, help="tokens per calibration sequence")] = 512,
+    calibration_seq_len: Annotated[int, typer.Option(min=1, help="tokens per calibration sequence")] = 2048,
     calibration_seed: Annotated[int, typer.Option(help="seed choosing the calibration sequences")] = 0,
+    calibration_split: Annotated[str, typer.Option(help="Hub dataset split")] = "train",
+    calibration_column: Annotated[
+        str | None, typer.Option(help="column holding the text or chat messages (default: messages, text, content)")
+    ] = None,
+    calibration_revision: Annotated[str | None, typer.Option(help="Hub dataset revision")] = None,
     calibration_batch: Annotated[int, typer.Option(min=1, help="calibration sequences per forward")] = 8,
     max_memory: Annotated[
         str | None,
@@ -87,8 +93,12 @@ def convert(
         _fail(error)
     if parsed.calibrated:
         _convert_calibrated(
-            src, dst, parsed, device, overwrite, calibration, calibration_samples, calibration_seq_len,
-            calibration_seed, calibration_batch, max_memory,
+            src, dst, parsed, device, overwrite,
+            CalibrationRequest(
+                calibration, calibration_samples, calibration_seq_len, calibration_seed, calibration_split,
+                calibration_column, calibration_revision,
+            ),
+            calibration_batch, max_memory,
         )  # fmt: skip
         return
     rank = int(os.environ.get("RANK", "0"))
@@ -152,16 +162,25 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
-def _load_calibration(spec: str | None, src: Path, samples: int, seq_len: int, seed: int):
-    """The calibration set from qtools.calibration's loader (local files, a Hub dataset or the default)."""
-    try:
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """The --calibration* options: what `qtools.calibration.load_calibration` is asked for."""
+
+    spec: str | None
+    samples: int
+    seq_len: int
+    seed: int
+    split: str
+    column: str | None
+    revision: str | None
+
+    def load(self, src: Path):
         from qtools.calibration import load_calibration
-    except ImportError as error:
-        raise QtoolsError(
-            "this qtools has no calibration loader (qtools.calibration.load_calibration); calibrated recipes "
-            "can be run through the API, qtools.gptq.convert_gptq, with a CalibrationSet"
-        ) from error
-    return load_calibration(spec, src, samples, seq_len, seed)
+
+        return load_calibration(
+            self.spec, src, self.samples, self.seq_len, self.seed,
+            split=self.split, column=self.column, revision=self.revision,
+        )  # fmt: skip
 
 
 def _convert_calibrated(
@@ -170,10 +189,7 @@ def _convert_calibrated(
     recipe,
     device: str,
     overwrite: bool,
-    calibration: str | None,
-    samples: int,
-    seq_len: int,
-    seed: int,
+    calibration: CalibrationRequest,
     batch: int,
     max_memory: str | None,
 ) -> None:
@@ -218,7 +234,7 @@ def _convert_calibrated(
     hooks = GPTQHooks(on_start, on_layer_start, on_advance, None, on_warning)
     try:
         limit = parse_size(max_memory) if max_memory is not None else None
-        data = _load_calibration(calibration, src, samples, seq_len, seed)
+        data = calibration.load(src)
         with progress:
             summary = convert_gptq(src, dst, recipe, data, device, overwrite, limit, batch, hooks)
     except QtoolsError as error:

@@ -25,9 +25,9 @@ from qtools.check import pipeline
 from qtools.check.damage import damage_experts
 from qtools.check.decode import greedy_decode
 from qtools.check.pipeline import run_check
-from qtools.check.preflight import check_dtype
+from qtools.check.preflight import check_dtype, check_profile
 from qtools.check.suites import SuiteSizes, heldout_code
-from qtools.check.thresholds import Thresholds
+from qtools.check.thresholds import PROFILES, Thresholds
 from qtools.cli import app
 from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
@@ -274,6 +274,15 @@ def test_auto_dtype_is_float32_on_cpu_and_bfloat16_on_cuda() -> None:
     assert check_dtype(None, "cpu") == torch.float32
     assert check_dtype(None, "cuda:0") == torch.bfloat16
     assert check_dtype(torch.bfloat16, "cpu") == torch.bfloat16
+
+
+def test_profile_auto_follows_the_checkpoint_format(synth_trio, w4a16_outputs) -> None:
+    ref, fp8, _ = synth_trio
+    assert check_profile("auto", fp8) == "fp8" and check_profile("auto", ref) == "fp8"
+    assert check_profile("auto", w4a16_outputs[128]) == "int4" and check_profile("fp8", w4a16_outputs[64]) == "fp8"
+    assert PROFILES["int4"] != PROFILES["fp8"]
+    with pytest.raises(QtoolsError, match="--profile must be one of auto, fp8, int4"):
+        check_profile("int8", fp8)
 
 
 def test_vllm_engine_says_how_to_install_it(synth_trio, monkeypatch) -> None:

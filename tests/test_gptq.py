@@ -375,8 +375,8 @@ def test_cli_runs_a_calibrated_recipe_through_the_calibration_loader(
 
     asked = []
 
-    def load_calibration(spec, checkpoint_dir, samples, seq_len, seed):
-        asked.append((spec, Path(checkpoint_dir), samples, seq_len, seed))
+    def load_calibration(spec, checkpoint_dir, samples, seq_len, seed, split, column, revision):
+        asked.append((spec, Path(checkpoint_dir), samples, seq_len, seed, split, column, revision))
         return calibration
 
     monkeypatch.setattr(qtools.calibration, "load_calibration", load_calibration, raising=False)
@@ -388,7 +388,7 @@ def test_cli_runs_a_calibrated_recipe_through_the_calibration_loader(
     ]  # fmt: skip
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
-    assert asked == [("data.jsonl", aligned_checkpoint, 8, 32, 0)]
+    assert asked == [("data.jsonl", aligned_checkpoint, 8, 32, 0, "train", None, None)]
     assert "experts calibrated / fallback" in result.output and verify_checkpoint(out).ok
     shown = CliRunner().invoke(app, ["inspect", str(out)])
     assert shown.exit_code == 0 and "experts calibrated 8 / fallback 0" in shown.output

@@ -74,18 +74,24 @@ def check(
     tool_prompts: Annotated[int | None, typer.Option(help="most tool prompts to decode")] = None,
     fim_prompts: Annotated[int | None, typer.Option(help="FIM prompts to decode")] = None,
     seed: Annotated[int, typer.Option(help="seed of the suite sampling")] = 0,
+    profile: Annotated[
+        str,
+        typer.Option(help="threshold preset: auto (from the checkpoint's format), fp8 or int4; --fail-under overrides"),
+    ] = "auto",
 ) -> None:
     """Compare a quantised checkpoint with its reference; exits 1 when a threshold is missed."""
     from qtools.check.pipeline import run_check
-    from qtools.check.preflight import DTYPES
+    from qtools.check.preflight import DTYPES, check_profile
     from qtools.check.suites import SuiteSizes, parse_suite_names
-    from qtools.check.thresholds import Thresholds
+    from qtools.check.thresholds import PROFILES
 
     console = Console(stderr=True)
     try:
         if dtype != "auto" and dtype not in DTYPES:
             raise QtoolsError(f"--dtype must be one of {', '.join(('auto', *DTYPES))}, got {dtype!r}")
-        thresholds = Thresholds().with_overrides(fail_under or [])
+        chosen = check_profile(profile, quant)
+        console.print(f"[dim]thresholds: {chosen} profile[/]")
+        thresholds = PROFILES[chosen].with_overrides(fail_under or [])
         vllm_options = _parse_options(vllm_option or [])
         overrides = {"code_tokens": code_tokens, "tool_prompts": tool_prompts, "fim_prompts": fim_prompts}
         sizes = _suite_sizes(SuiteSizes, {key: value for key, value in overrides.items() if value is not None})

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from qtools.check.report import REPORT_FILES
+from qtools.check.thresholds import PROFILES
 from qtools.checkpoint.hf import Checkpoint
 from qtools.errors import QtoolsError
 from qtools.runtime.weights import detect_format
@@ -89,6 +90,17 @@ def check_pair(ref: Path, quant: Path) -> list[str]:
             f"{quant}, is dense (BF16); the usual order is `qtools check BF16 QUANTISED`"
         ]
     return []
+
+
+def check_profile(profile: str, quant: Path) -> str:
+    """The threshold profile to judge `quant` by: `profile` itself, or for "auto" the one its format calls for
+    ("int4" when any of its layouts is W4A16, mixed FP8-attention checkpoints included; else "fp8")."""
+    if profile != "auto" and profile not in PROFILES:
+        raise QtoolsError(f"--profile must be one of {', '.join(('auto', *PROFILES))}, got {profile!r}")
+    if profile != "auto":
+        return profile
+    layouts = detect_format(Checkpoint.open(quant).config).layouts
+    return "int4" if any(layout.scheme == "w4a16" for layout in layouts) else "fp8"
 
 
 def prepare_report_dir(directory: Path) -> None:

@@ -139,3 +139,11 @@ def evaluate(thresholds: Thresholds, figures: dict) -> list[dict]:
             }
         )
     return verdicts
+
+
+PROFILES: dict[str, Thresholds] = {
+    "fp8": Thresholds(),
+    # PLACEHOLDER until measured: the FP8 defaults
+    "int4": Thresholds(),
+}
+"""Threshold presets by scheme (`qtools check --profile`), each calibrated on the toy model (docs/check.md)."""
