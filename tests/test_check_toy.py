@@ -1,4 +1,5 @@
-"""`qtools check` has teeth, on the trained toy model: its FP8 conversion passes the default thresholds; a copy
+"""`qtools check` has teeth, on the trained toy model: its FP8 conversion passes the default thresholds and its INT4
+round-to-nearest conversion the int4 profile (and not the FP8 one: its weight SQNR is INT4's); a copy
 with one layer's experts re-quantised to 2 bits fails them and the report names that layer; noise on a single
 expert is pinned to that expert.
 
@@ -16,7 +17,7 @@ import pytest
 from qtools.check.damage import damage_experts
 from qtools.check.pipeline import run_check
 from qtools.check.suites import SuiteSizes
-from qtools.check.thresholds import Thresholds
+from qtools.check.thresholds import PROFILES, Thresholds
 from qtools.convert import convert_checkpoint
 from qtools.recipe import load_recipe
 
@@ -54,6 +55,18 @@ def test_fp8_conversion_passes_default_thresholds(toy_model_dir: Path, toy_fp8: 
     assert figures["tools"]["valid_format_ref"] >= 0.8  # the toy does call its tools
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["passed"] and report["figures"]["distribution"]["kl"]["mean"] == figures["distribution"]["kl"]["mean"]
+
+
+def test_int4_conversion_passes_the_int4_profile_only(toy_model_dir: Path, tmp_path: Path) -> None:
+    rtn = tmp_path / "rtn"
+    convert_checkpoint(toy_model_dir, rtn, load_recipe("w4a16-rtn"), workers=1)
+    result = run_check(toy_model_dir, rtn, sizes=SIZES, thresholds=PROFILES["int4"])
+    print({v["key"]: v["value"] for v in result.verdicts if v["value"] is not None})
+    assert result.passed, [(v["key"], v["value"], v["threshold"]) for v in result.failures]
+    failed_as_fp8 = {
+        verdict["key"] for verdict in run_check(toy_model_dir, rtn, sizes=SIZES, suites=("weights",)).failures
+    }
+    assert failed_as_fp8 == {"weight_sqnr_min_db"}
 
 
 def test_damaged_layer_fails_and_report_points_at_it(toy_model_dir: Path, tmp_path: Path) -> None:
