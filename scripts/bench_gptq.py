@@ -251,7 +251,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes for development (overrides the sizes)")
     parser.add_argument("--seeds", type=int, default=3, help="toy calibration seeds (default 3)")
-    parser.add_argument("--toy-samples", type=int, default=64, help="toy calibration sequences")
+    parser.add_argument("--toy-samples", type=int, default=32, help="toy calibration sequences")
     parser.add_argument("--toy-seq-len", type=int, default=256)
     parser.add_argument("--toy-held-out", type=int, default=16, help="toy held-out sequences (of --toy-seq-len)")
     parser.add_argument("--hidden", type=int, default=2048, help="synthetic model: hidden size")
