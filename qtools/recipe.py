@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from qtools.errors import QtoolsError
 
@@ -35,7 +35,7 @@ METHODS = ("rtn", "gptq")
 COVERAGES = ("routed", "all-tokens", "blend")
 # What a `method: gptq` recipe gets for the calibration settings it leaves out (see `Recipe`); an rtn recipe has
 # none of them (None, left out of its fingerprint).
-GPTQ_DEFAULTS = {"coverage": "blend", "damp": 0.01, "prior_strength": 0.1, "rtn_below_tokens": 0}
+GPTQ_DEFAULTS = {"coverage": "blend", "damp": 0.01, "prior_strength": 0.1, "rtn_below_tokens": 0, "actorder": True}
 _GPTQ_ONLY = tuple(GPTQ_DEFAULTS)
 
 
@@ -68,8 +68,9 @@ class Recipe(BaseModel):
     tokens each expert's Hessians see (`routed`: the tokens routed to it; `all-tokens`: every token; `blend`: its
     routed tokens plus an all-token prior worth `prior_strength` times an average expert's routed tokens, so a cold
     expert leans on the prior), `damp` (fraction of mean(diag H) added to the diagonal; a failed Cholesky retries
-    with 10x more) and `rtn_below_tokens` (experts routed fewer tokens than this are rounded to nearest instead,
-    counted; 0: never).
+    with 10x more), `rtn_below_tokens` (experts routed fewer tokens than this are rounded to nearest instead,
+    counted; 0: never) and `actorder` (true by default: quantise columns in descending diag H order; the scales are
+    fixed before the sweep, so the stored layout does not change).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -91,6 +92,9 @@ class Recipe(BaseModel):
     damp: float | None = None
     prior_strength: float | None = None
     rtn_below_tokens: StrictInt | None = None
+    # GPTQ's column order: descending diag H (act-order) with the scales fixed beforehand, so the stored layout is
+    # the plain one (quantization_config `actorder: null`); halves the toy's KL against the natural order.
+    actorder: StrictBool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -253,6 +257,7 @@ FIELD_HINTS = {
     "damp": "damp is a number, e.g. 0.01",
     "prior_strength": "prior_strength is a number, e.g. 0.1",
     "rtn_below_tokens": "rtn_below_tokens is an integer (0: never)",
+    "actorder": "actorder is true or false",
 }
 
 

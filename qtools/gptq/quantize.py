@@ -139,6 +139,7 @@ class _Quantizer:
             tokens=None if tokens is None else tokens.to(self.device),
             min_tokens=1,
             scale_dtype=self.dtype_of(f"{self.prefix}.{module}"),
+            actorder=self.recipe.actorder,
         )
 
     def store(self, module: str, codes: torch.Tensor, scales: torch.Tensor) -> None:
