@@ -145,7 +145,7 @@ def evaluate(thresholds: Thresholds, figures: dict) -> list[dict]:
 PROFILES: dict[str, Thresholds] = {
     "fp8": Thresholds(),
     # W4A16 (INT4 experts, group 128 or 64): calibrated on the toy's RTN and GPTQ conversions and its damaged
-    # copies (docs/check.md). Group-wise INT4 keeps about 19 dB per weight round to nearest and 15.5 dB with GPTQ
+    # copies (docs/check.md). Group-wise INT4 keeps about 19 dB per weight round to nearest and 14.7 dB with GPTQ
     # (which trades weight error for output error; FP8: 31 dB), so the weight gate drops to 12.5 dB, still failing
     # one expert with 30% noise (10.4 dB); the distribution and tool gates sit between INT4 and the 2-bit layer.
     "int4": Thresholds(
