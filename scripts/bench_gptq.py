@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import sys
@@ -92,22 +91,13 @@ oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=ids
 
 
 def code_windows(heldout: bool, samples: int, length: int, seed: int) -> torch.Tensor:
-    """int64 [samples, length]: windows of the toy's standard-library code, training or held-out split (as
-    tests/test_gptq_oracles.py builds them)."""
+    """int64 [samples, length]: windows of the toy's standard-library code, training or held-out split (the windows
+    tests/test_gptq_oracles.py uses)."""
     import tokenizers
 
-    from qtools.toy.code_corpus import load_code_files
+    from qtools.testing.code_windows import code_windows as windows
 
-    tokenizer = tokenizers.Tokenizer.from_file(str(TOY / "tokenizer.json"))
-    files = load_code_files(heldout=heldout)
-    random.Random(seed).shuffle(files)
-    stream: list[int] = []
-    for file in files:
-        stream += tokenizer.encode(file.text).ids
-        if len(stream) >= 4 * samples * length:
-            break
-    starts = sorted(random.Random(seed).sample(range(len(stream) - length), samples))
-    return torch.tensor([stream[s : s + length] for s in starts], dtype=torch.int64)
+    return windows(tokenizers.Tokenizer.from_file(str(TOY / "tokenizer.json")), heldout, samples, length, seed)
 
 
 def random_ids(vocab: int, samples: int, length: int, seed: int) -> torch.Tensor:

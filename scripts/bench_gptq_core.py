@@ -22,17 +22,14 @@ gate + up + down: 2 x gate/up + down, per coverage mode. Prints a table, writes 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from bench_convert import environment as shared_environment
 from rich.console import Console
 from rich.table import Table
 
@@ -47,31 +44,8 @@ MIN_PEER_AGREEMENT = 0.999
 
 
 def environment(device: str, threads: int) -> dict:
-    """Machine, versions and commit, for the table and the JSON."""
-
-    def package(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return result.stdout.strip() if result.returncode == 0 else "unknown"
-
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "cpu": cpu,
-        "cpus": len(os.sched_getaffinity(0)),
-        "threads": threads,
-        "load_average": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "versions": {name: package(name) for name in ("torch", "llmcompressor", "compressed-tensors")},
-        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno") else ""),
-    }
+    """bench_convert's machine, versions and commit, with the thread count and load average of this run."""
+    return shared_environment(device) | {"threads": threads, "load_average": os.getloadavg()[0]}
 
 
 def calibration(args: argparse.Namespace, device: str) -> dict[str, torch.Tensor]:

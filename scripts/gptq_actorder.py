@@ -17,9 +17,10 @@ import torch
 from qtools.gptq import convert_gptq
 from qtools.recipe import load_recipe
 from qtools.runtime import load_model
+from qtools.testing.code_windows import code_windows
 from qtools.testing.files import TOY_MODEL_DIR
 from tests.test_gptq import calibration_set
-from tests.test_gptq_oracles import _code_tokens, _kl_and_top1
+from tests.test_gptq_oracles import _kl_and_top1
 
 
 def main() -> None:
@@ -28,11 +29,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = tokenizers.Tokenizer.from_file(str(TOY_MODEL_DIR / "tokenizer.json"))
-    held_out = _code_tokens(tokenizer, True, 16, 256, seed=1)
+    held_out = code_windows(tokenizer, True, 16, 256, seed=1)
     with torch.no_grad():
         reference = load_model(TOY_MODEL_DIR, dtype=torch.float32)(held_out).log_softmax(-1)
     for seed in (0, 1):
-        calibration = calibration_set(_code_tokens(tokenizer, False, 32, 256, seed=seed), "stdlib code")
+        calibration = calibration_set(code_windows(tokenizer, False, 32, 256, seed=seed), "stdlib code")
         for actorder in (False, True):
             out = args.out / f"seed{seed}-actorder-{actorder}"
             shutil.rmtree(out, ignore_errors=True)

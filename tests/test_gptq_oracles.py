@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from qtools.formats.pack_quantized import PACKED, Int4GroupLayout
 from qtools.gptq import convert_gptq
 from qtools.recipe import load_recipe
 from qtools.runtime import load_model
+from qtools.testing.code_windows import code_windows
 from qtools.verify import verify_checkpoint
 from tests.test_gptq import BATCH, calibration_set, random_calibration
 from tests.test_w4a16_oracles import load_tensors
@@ -76,21 +76,6 @@ def test_transformers_loads_it_and_its_logits_match_the_runtime(gptq_output):
     torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-4 * expected.abs().max().item())
 
 
-def _code_tokens(tokenizer, heldout: bool, samples: int, length: int, seed: int) -> torch.Tensor:
-    """`samples` windows of `length` tokens of standard-library code (the toy's training or held-out split)."""
-    from qtools.toy.code_corpus import load_code_files
-
-    files = load_code_files(heldout=heldout)
-    random.Random(seed).shuffle(files)
-    stream: list[int] = []
-    for file in files:
-        stream += tokenizer.encode(file.text).ids
-        if len(stream) >= 4 * samples * length:
-            break
-    starts = sorted(random.Random(seed).sample(range(len(stream) - length), samples))
-    return torch.tensor([stream[s : s + length] for s in starts], dtype=torch.int64)
-
-
 def _kl_and_top1(reference: torch.Tensor, path: Path, ids: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         logprobs = load_model(path, dtype=torch.float32)(ids).log_softmax(-1)
@@ -101,8 +86,8 @@ def _kl_and_top1(reference: torch.Tensor, path: Path, ids: torch.Tensor) -> tupl
 def test_gptq_beats_round_to_nearest_on_the_toy(toy_model_dir, tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     tokenizer = tokenizers.Tokenizer.from_file(str(toy_model_dir / "tokenizer.json"))
-    calibration = calibration_set(_code_tokens(tokenizer, False, 16, 128, seed=0), "stdlib code (training split)")
-    held_out = _code_tokens(tokenizer, True, 8, 128, seed=1)
+    calibration = calibration_set(code_windows(tokenizer, False, 16, 128, seed=0), "stdlib code (training split)")
+    held_out = code_windows(tokenizer, True, 8, 128, seed=1)
     with torch.no_grad():
         reference = load_model(toy_model_dir, dtype=torch.float32)(held_out).log_softmax(-1)
     convert_checkpoint(toy_model_dir, tmp_path / "rtn", load_recipe("w4a16-rtn"))
