@@ -119,7 +119,13 @@ def test_static_scales_match_llmcompressor_bit_for_bit(peer, group_size, actorde
     hessian = hessian_of(torch.stack([correlated_inputs(512, 256, seed=10 + e) for e in range(3)]))
     codes, scales, losses, fallback = peer["gptq"](weight, hessian, group_size, actorder)
     ours = gptq_quantize_int4(
-        weight, hessian, group_size=group_size, static_scales=True, actorder=actorder is not None, sub_block=128
+        weight,
+        hessian,
+        group_size=group_size,
+        static_scales=True,
+        actorder=actorder is not None,
+        sub_block=128,
+        factor_method="reference",
     )
     assert not fallback.any() and not ours.fallback.any()
     assert torch.equal(ours.scales, scales)
@@ -287,6 +293,35 @@ def test_failed_cholesky_retries_with_more_dampening_then_falls_back():
     assert torch.equal(result.codes[2], quantize_int4_rtn(weight[2], int4_group_scales(weight[2], 32)))
     no_retry = gptq_quantize_int4(weight, hessian, group_size=32, damp_retries=0)
     assert no_retry.cholesky_failed.tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize("in_features", [64, 384, 704])
+def test_fast_factor_equals_the_reference_factor(in_features):
+    """The fast factor (one Cholesky of the reversed Hessian, a blockwise triangular inverse; widths above 256
+    recurse, 704 splits unevenly) is the reference's up to fp32 rounding, upper triangular, and fails where it does;
+    the codes it gives agree with the reference's as reassociated sums do."""
+    from qtools.numerics.gptq import inverse_hessian_factor
+
+    good = hessian_of(torch.stack([correlated_inputs(2 * in_features, in_features, seed=40 + e) for e in range(2)]))
+    bad = indefinite_hessian(in_features, -50.0, seed=43).float()[None]
+    hessian = torch.cat([good, bad])
+    fast, fast_ok, fast_damp, _ = inverse_hessian_factor(hessian, damp_retries=1)
+    reference, ok, damp, _ = inverse_hessian_factor(hessian, damp_retries=1, method="reference")
+    assert fast_ok.tolist() == ok.tolist() == [True, True, False]
+    assert torch.equal(fast_damp, damp)
+    assert torch.equal(fast, fast.triu())
+    scale = reference[:2].abs().amax()
+    assert ((fast[:2] - reference[:2]).abs().max() / scale).item() < 1e-4
+    assert torch.equal(fast[2], torch.eye(in_features))
+    weight = expert_weights(2, 64, in_features, seed=44)
+    codes = gptq_quantize_int4(weight, good, group_size=32).codes
+    reference_codes = gptq_quantize_int4(weight, good, group_size=32, factor_method="reference").codes
+    assert (codes == reference_codes).float().mean().item() >= MIN_AGREEMENT
+
+
+def test_unknown_factor_method_is_rejected():
+    with pytest.raises(ValueError, match="factor method 'lu'"):
+        gptq_quantize_int4(expert_weights(1, 8, 32, seed=0), torch.eye(32), group_size=32, factor_method="lu")
 
 
 def test_dead_columns_keep_their_weights():
