@@ -35,7 +35,7 @@ METHODS = ("rtn", "gptq")
 COVERAGES = ("routed", "all-tokens", "blend")
 # What a `method: gptq` recipe gets for the calibration settings it leaves out (see `Recipe`); an rtn recipe has
 # none of them (None, left out of its fingerprint).
-GPTQ_DEFAULTS = {"coverage": "blend", "damp": 0.01, "prior_strength": 0.1, "rtn_below_tokens": 0, "actorder": True}
+GPTQ_DEFAULTS = {"coverage": "routed", "damp": 0.01, "prior_strength": 0.1, "rtn_below_tokens": 0, "actorder": True}
 _GPTQ_ONLY = tuple(GPTQ_DEFAULTS)
 
 

@@ -16,8 +16,16 @@ from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
 from qtools.formats.pack_quantized import PACKED, SCALE
 from qtools.gptq import GPTQHooks, convert_gptq
-from qtools.gptq.capture import LayerHessians, capturing
-from qtools.gptq.quantize import LayerTargets, _expert_hessian, quantize_layer
+from qtools.gptq.capture import (
+    ExpertHessians,
+    LayerHessians,
+    Routing,
+    accumulate_down,
+    accumulate_gate_up,
+    attend,
+    capturing,
+)
+from qtools.gptq.quantize import Quantizer, _expert_hessian
 from qtools.inspect import inspect_checkpoint
 from qtools.numerics.int4 import unpack_int4
 from qtools.recipe import Recipe, load_recipe
@@ -68,7 +76,7 @@ def calibration() -> CalibrationSet:
 
 @pytest.fixture(scope="module")
 def gptq_output(aligned_checkpoint, calibration, tmp_path_factory) -> Path:
-    """`aligned_checkpoint` converted with w4a16-gptq (coverage blend). Do not modify."""
+    """`aligned_checkpoint` converted with w4a16-gptq (coverage routed). Do not modify."""
     out = tmp_path_factory.mktemp("gptq") / "w4a16-gptq"
     convert_gptq(aligned_checkpoint, out, load_recipe("w4a16-gptq"), calibration, batch_size=BATCH)
     return out
@@ -109,7 +117,7 @@ def test_output_has_the_rtn_layout_config_and_kept_tensors(gptq_output, w4a16_ou
 
 def test_calibration_report_and_inspect(gptq_output, calibration):
     report = json.loads((gptq_output / STATE_DIR / "calibration.json").read_text())
-    assert report["calibration"]["sha256"] == calibration.sha256 and report["coverage"] == "blend"
+    assert report["calibration"]["sha256"] == calibration.sha256 and report["coverage"] == "routed"
     assert report["experts"] == 8 and report["experts_calibrated"] == 8 and report["experts_fallback"] == 0
     for layer in report["layers"]:
         # top-2 routing: every token reaches two experts.
@@ -153,17 +161,15 @@ def test_captured_inputs_are_the_runtime_forward(aligned_checkpoint, gptq_output
         assert torch.equal(captured, torch.cat([x.reshape(-1, x.shape[-1]) for x in plain[key]])), key
 
     layer = load_layer(aligned_checkpoint, 0, dtype=torch.float32)
-    hessians = LayerHessians.for_layer(layer, "routed", True, False, (0, 1, 2, 3))
+    hessians = LayerHessians.for_layer(layer, 4, "routed", True, False, True)
     inputs = []
-    with (
-        torch.no_grad(),
-        capturing(layer, hessians, lambda where, x: inputs.append(x.clone()) if where == "moe" else 0),
-    ):
+    observer = lambda where, x: inputs.append(x.clone()) if where == "moe" else 0  # noqa: E731
+    with torch.no_grad(), capturing(layer, hessians, observer):
         hidden = torch.randn(2, 12, 256, generator=torch.Generator().manual_seed(0))
-        layer(hidden, torch.arange(12))
+        attend(layer, hidden, torch.arange(12), hessians, observer)
         changed = hidden.clone()
         changed[:, -1] += 1.0
-        layer(changed, torch.arange(12))
+        attend(layer, changed, torch.arange(12), hessians, observer)
     before, after = (x.view(2, 12, -1) for x in inputs)
     assert torch.equal(before[:, :-1], after[:, :-1]) and not torch.equal(before[:, -1], after[:, -1])
 
@@ -176,13 +182,16 @@ def test_coverage_modes_run_and_only_all_tokens_shares_one_gate_up_hessian(
     summary = convert_gptq(aligned_checkpoint, out, gptq_recipe(coverage=coverage), calibration, batch_size=BATCH)
     assert summary.experts_calibrated == 8 and summary.experts_fallback == 0 and verify_checkpoint(out).ok
     layer = load_layer(aligned_checkpoint, 0, dtype=torch.float32)
-    hessians = LayerHessians.for_layer(layer, coverage, False, False, (0, 1, 2, 3))
-    built = [name for name in ("gate_up_all", "gate_up_routed") if getattr(hessians, name) is not None]
+    hessians = LayerHessians.for_layer(layer, 4, coverage, False, False, True)
+    stacks = ExpertHessians.for_group([0, 1, 2, 3], 256, 128, coverage, "cpu")
+    built = [name for name in ("gate_up_all",) if getattr(hessians, name) is not None]
+    built += [name for name in ("gate_up_routed",) if getattr(stacks, name) is not None]
     assert built == {"routed": ["gate_up_routed"], "all-tokens": ["gate_up_all"], "blend": built}[coverage]
     if coverage == "all-tokens":
         # One [H, H] matrix for the gate/up of every expert of the layer, factorised once.
         assert hessians.gate_up_all.experts is None
-        assert _expert_hessian(gptq_recipe(coverage=coverage), hessians, "gate_up", [0, 1, 2, 3], 0.0).dim() == 2
+        recipe = gptq_recipe(coverage=coverage)
+        assert _expert_hessian(recipe, hessians, stacks, "gate_up", [0, 1, 2, 3], 0.0).dim() == 2
 
 
 def _no_token_experts(report: dict) -> list[tuple[int, int]]:
@@ -239,18 +248,21 @@ def test_round_to_nearest_below_a_token_count_only_when_asked(sparse_checkpoint,
 def test_failed_cholesky_retries_then_falls_back_counted(aligned_checkpoint):
     layer = load_layer(aligned_checkpoint, 0, dtype=torch.float32)
     recipe = gptq_recipe(coverage="routed")
-    hessians = LayerHessians.for_layer(layer, "routed", False, False, (0, 1, 2, 3))
+    hessians = LayerHessians.for_layer(layer, 4, "routed", False, False, True)
+    stacks = ExpertHessians.for_group([0, 1, 2, 3], 256, 128, "routed", "cpu")
     generator = torch.Generator().manual_seed(0)
-    for stack in (hessians.gate_up_routed, hessians.down_routed):
+    for stack in (stacks.gate_up_routed, stacks.down_routed):
         x = torch.randn(4, 64, stack.in_features, generator=generator)
         stack.add_stacked(x)
     # Expert 2's down Hessian is negative definite: no dampening makes it factorisable. Expert 1's has one
     # eigenvalue of -0.03 x its mean diagonal: 0.01 of dampening fails, 0.1 succeeds.
-    hessians.down_routed.mean[2] = -torch.eye(128)
-    hessians.down_routed.mean[1] = torch.diag(torch.tensor([1.0] * 127 + [-0.03]))
+    stacks.down_routed.mean[2] = -torch.eye(128)
+    stacks.down_routed.mean[1] = torch.diag(torch.tensor([1.0] * 127 + [-0.03]))
     hessians.routed_tokens[:] = 64
-    targets = LayerTargets.of(recipe, 0, 4)
-    result = quantize_layer(layer, hessians, targets, recipe, _int4(), lambda _: torch.bfloat16)
+    quantizer = Quantizer(recipe, _int4(), "cpu", 0, lambda _: torch.bfloat16)
+    for projection in ("gate_up", "down"):
+        quantizer.experts(dict(enumerate(layer.mlp.experts)), hessians, stacks, projection)
+    result = quantizer.result
     assert result.fallbacks == {2: {"down": "round-to-nearest: Cholesky failed at every dampening tried"}}
     assert [(module, round(damp, 6)) for module, damp in result.damp_raised] == [
         ("model.layers.0.mlp.experts.1.down_proj", 0.1)
@@ -329,11 +341,11 @@ def test_model_free_converter_refuses_a_calibrated_recipe(aligned_checkpoint, tm
 def test_gptq_recipes_load_with_their_defaults_and_rtn_ones_stay_uncalibrated():
     for name, group in (("w4a16-gptq", 128), ("w4a16-gptq-tp8", 64)):
         recipe = load_recipe(name)
-        assert (recipe.method, recipe.group_size, recipe.coverage, recipe.damp) == ("gptq", group, "blend", 0.01)
+        assert (recipe.method, recipe.group_size, recipe.coverage, recipe.damp) == ("gptq", group, "routed", 0.01)
         assert recipe.calibrated and '"method":"gptq"' in recipe.fingerprint()
     inferred = Recipe.model_validate({"scheme": "w4a16", "method": "gptq", "targets": ["x"]})
     assert (inferred.coverage, inferred.damp, inferred.prior_strength, inferred.rtn_below_tokens) == (
-        "blend", 0.01, 0.1, 0,
+        "routed", 0.01, 0.1, 0,
     )  # fmt: skip
     for name in ("w4a16-rtn", "fp8-block"):
         assert not load_recipe(name).calibrated
@@ -400,18 +412,30 @@ def test_cli_runs_a_calibrated_recipe_through_the_calibration_loader(
 def test_experts_quantised_a_few_at_a_time_give_the_same_codes(aligned_checkpoint, coverage):
     layer = load_layer(aligned_checkpoint, 1, dtype=torch.float32)
     recipe = gptq_recipe(coverage=coverage)
-    hessians = LayerHessians.for_layer(layer, coverage, False, False, (0, 1, 2, 3))
-    with torch.no_grad(), capturing(layer, hessians) as sink:
-        layer(torch.randn(4, 16, 256, generator=torch.Generator().manual_seed(2)), torch.arange(16))
-        if hessians.down_all is not None:
-            from qtools.gptq.capture import run_all_experts
+    hessians = LayerHessians.for_layer(layer, 4, coverage, False, False, True)
+    with torch.no_grad():
+        h, (weights, ids) = attend(layer, torch.randn(4, 16, 256, generator=torch.Generator().manual_seed(2)),
+                                   torch.arange(16), hessians)  # fmt: skip
+        routing = Routing(weights, ids, 4)
+        hessians.routed_tokens = routing.counts()
+        rows = h.reshape(-1, 256).__getitem__
+        experts = dict(enumerate(layer.mlp.experts))
 
-            run_all_experts(layer, sink)
-    targets = LayerTargets.of(recipe, 1, 4)
-    whole = quantize_layer(layer, hessians, targets, recipe, _int4(), lambda _: torch.bfloat16)
-    steps = quantize_layer(layer, hessians, targets, recipe, _int4(), lambda _: torch.bfloat16, experts_per_step=1)
-    assert whole.tensors.keys() == steps.tensors.keys()
-    assert all(torch.equal(whole.tensors[name], steps.tensors[name]) for name in whole.tensors)
+        def quantized(groups: list[list[int]], chunk: int) -> dict[str, torch.Tensor]:
+            quantizer = Quantizer(recipe, _int4(), "cpu", 1, lambda _: torch.bfloat16)
+            for group in groups:
+                stacks = ExpertHessians.for_group(group, 256, 128, coverage, "cpu")
+                modules = {e: experts[e] for e in group}
+                accumulate_gate_up(layer, group, rows, routing, stacks, chunk)
+                quantizer.experts(modules, hessians, stacks, "gate_up")
+                accumulate_down(layer, modules, rows, 64, routing, stacks, chunk)
+                quantizer.experts(modules, hessians, stacks, "down")
+            return quantizer.result.tensors
+
+        whole = quantized([[0, 1, 2, 3]], 64)
+        steps = quantized([[0], [1], [2], [3]], 64)
+    assert whole.keys() == steps.keys()
+    assert all(torch.equal(whole[name], steps[name]) for name in whole)
 
 
 def test_overwrite_discards_the_finished_layers_of_another_calibration(aligned_checkpoint, calibration, tmp_path):

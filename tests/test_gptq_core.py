@@ -381,6 +381,22 @@ def test_running_mean_is_two_xtx_over_tokens():
     torch.testing.assert_close(acc.mean.double(), reference, rtol=1e-5, atol=1e-6)
 
 
+def test_wide_hessians_accumulate_by_upper_panels_and_read_symmetric():
+    """From 1024 features on, the update runs over panels of the upper triangle (uneven last panel here) and the
+    lower triangle is mirrored on reading: the same running mean as the full product, exactly symmetric, in a
+    stack too."""
+    x = correlated_inputs(300, 1100, seed=31)
+    single, stack = HessianAccumulator(1100), HessianAccumulator(1100, experts=2)
+    for start, stop in [(0, 120), (120, 300)]:
+        single.add(x[start:stop])
+        stack.add(x[start:stop], 1)
+    reference = 2 * x.double().T @ x.double() / 300
+    for mean in (single.mean, stack.mean[1]):
+        assert torch.equal(mean, mean.T)
+        torch.testing.assert_close(mean.double(), reference, rtol=1e-5, atol=1e-5)
+    assert not stack.mean[0].any()
+
+
 def test_float32_accumulation_over_many_batches_tracks_float64():
     """250 batches of 256 tokens: the fp32 running mean stays within 2e-5 of the fp64 one, relative to its largest
     entry (measured 1.1e-6; 5e-6 after 5,000 batches of 8, where a fp32 sum divided at the end, as llm-compressor

@@ -40,6 +40,14 @@ class HiddenStore:
         """Store values [count, T, H] as sequences [first, first + count)."""
         self.data[first : first + values.shape[0]].copy_(values.to("cpu"))
 
+    def rows(self, index: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        """Tokens `index` (int64 [n], flat positions sequence * T + t) -> [n, H] on `device` (a copy)."""
+        return self.data.view(-1, self.shape[-1])[index.to("cpu")].to(device)
+
+    def add(self, first: int, values: torch.Tensor) -> None:
+        """Add values [count, T, H] to sequences [first, first + count), in place."""
+        self.data[first : first + values.shape[0]].add_(values.to("cpu"))
+
     def close(self) -> None:
         self.data = None  # type: ignore[assignment]
         if self.path is not None:

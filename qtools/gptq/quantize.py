@@ -7,26 +7,26 @@ codes are those of separate calls). The experts of a projection go through `gptq
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from qtools.errors import QtoolsError
 from qtools.formats import Int4GroupLayout
-from qtools.gptq.capture import ALL_TOKENS, BLEND, ROUTED, LayerHessians
+from qtools.gptq.capture import ALL_TOKENS, BLEND, ROUTED, ExpertHessians, LayerHessians
 from qtools.numerics.gptq import GPTQResult, gptq_quantize_int4
 from qtools.numerics.hessian import blend_hessians
 from qtools.recipe import Recipe
-from qtools.runtime.layers import DecoderLayer
+from qtools.runtime.layers import DecoderLayer, Expert
 from qtools.runtime.weights import Int4GroupLinear
 
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
 EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-# Experts quantised per batched GPTQ call: bounds the temporaries (blended Hessians, inverse factors; 2.3 GiB each
-# for 16 gate/up Hessians of the 480B) without costing speed (each call already fills the cores). The codes do not
-# depend on it: GPTQ treats experts independently.
-EXPERTS_PER_STEP = 16
+# Experts calibrated as one group: their dense weights and Hessian stacks are held together and quantised by one
+# batched GPTQ call. Bounds the memory (8 gate/up Hessians of the 480B: 1.2 GiB, and as much for the inverse
+# factors) without costing speed (each call already fills the cores). The codes do not depend on it: GPTQ treats
+# experts independently.
+EXPERTS_PER_STEP = 8
 
 
 @dataclass(frozen=True)
@@ -97,35 +97,40 @@ class LayerQuantization:
         return whole
 
 
-def _dense_weight(layer: DecoderLayer, path: str) -> torch.Tensor:
-    return layer.get_submodule(path).weight
-
-
-def _prior_strength(recipe: Recipe, hessians: LayerHessians) -> float:
+def _prior_strength(recipe: Recipe, routed_tokens: torch.Tensor) -> float:
     """The all-token prior's weight in tokens: `prior_strength` x the routed tokens of an average expert."""
-    routed = float(hessians.routed_tokens.sum())
-    return recipe.prior_strength * routed / max(1, hessians.experts) if routed else recipe.prior_strength
+    routed = float(routed_tokens.sum())
+    return recipe.prior_strength * routed / max(1, routed_tokens.numel()) if routed else recipe.prior_strength
 
 
 def _expert_hessian(
-    recipe: Recipe, hessians: LayerHessians, projection: str, experts: list[int], prior_tokens: float
+    recipe: Recipe,
+    layer_hessians: LayerHessians,
+    group: ExpertHessians,
+    projection: str,
+    experts: list[int],
+    prior_tokens: float,
 ) -> torch.Tensor:
-    """The Hessian(s) `projection` ("gate_up" or "down") of `experts` get under the recipe's coverage."""
-    index = torch.tensor([hessians.slot[e] for e in experts])
-    routed = hessians.gate_up_routed if projection == "gate_up" else hessians.down_routed
-    everything = hessians.gate_up_all if projection == "gate_up" else hessians.down_all
+    """The Hessian(s) `projection` ("gate_up" or "down") of `experts` (a group) get under the recipe's
+    coverage: [G, in, in], or [in, in] when one all-token gate/up Hessian serves every expert."""
+    index = torch.tensor([group.slot[e] for e in experts])
+    routed = group.gate_up_routed if projection == "gate_up" else group.down_routed
     if recipe.coverage == ROUTED:
         return routed.mean[index]
-    prior = everything.mean if everything.experts is None else everything.mean[index]
+    prior = layer_hessians.gate_up_all.mean if projection == "gate_up" else group.down_all.mean[index]
     if recipe.coverage == ALL_TOKENS:
         return prior
     assert recipe.coverage == BLEND
-    return blend_hessians(routed.mean[index], hessians.routed_tokens[torch.tensor(experts)], prior, prior_tokens)
+    tokens = layer_hessians.routed_tokens[torch.tensor(experts)]
+    return blend_hessians(routed.mean[index], tokens, prior, prior_tokens)
 
 
-class _Quantizer:
-    def __init__(self, recipe: Recipe, layout: Int4GroupLayout, device: str, prefix: str, dtype_of):
-        self.recipe, self.layout, self.device, self.prefix, self.dtype_of = recipe, layout, device, prefix, dtype_of
+class Quantizer:
+    """GPTQ of a layer's modules into one `LayerQuantization` (`result`): output tensors and what happened."""
+
+    def __init__(self, recipe: Recipe, layout: Int4GroupLayout, device: str, index: int, dtype_of):
+        self.recipe, self.layout, self.device, self.dtype_of = recipe, layout, device, dtype_of
+        self.prefix = f"model.layers.{index}"
         self.result = LayerQuantization()
 
     def run(self, module: str, weight: torch.Tensor, hessian: torch.Tensor, tokens: torch.Tensor | None) -> GPTQResult:
@@ -155,83 +160,56 @@ class _Quantizer:
         if used > self.recipe.damp * 1.5:
             self.result.damp_raised.append((f"{self.prefix}.{module}", used))
 
+    def attention(self, layer: DecoderLayer, hessians: LayerHessians, targets: LayerTargets) -> None:
+        """GPTQ of the targeted attention linears (q/k/v as one matrix, o_proj) of the dense `layer`."""
+        attn = layer.self_attn
+        if targets.qkv:
+            weights = [getattr(attn, p).weight for p in ATTENTION_INPUTS]
+            out = self.run("self_attn.q_proj", torch.cat(weights), hessians.attention.mean, None)
+            start = 0
+            for projection, weight in zip(ATTENTION_INPUTS, weights, strict=True):
+                rows = slice(start, start + weight.shape[0])
+                self.store(f"self_attn.{projection}", out.codes[0, rows], out.scales[0, rows])
+                start += weight.shape[0]
+                self.note_damp(f"self_attn.{projection}", out, 0)
+            if bool(out.fallback[0]):
+                self.result.modules_fallback.append(f"{self.prefix}.self_attn.qkv")
+        if targets.o_proj:
+            out = self.run("self_attn.o_proj", attn.o_proj.weight, hessians.o_proj.mean, None)
+            self.store("self_attn.o_proj", out.codes[0], out.scales[0])
+            self.note_damp("self_attn.o_proj", out, 0)
+            if bool(out.fallback[0]):
+                self.result.modules_fallback.append(f"{self.prefix}.self_attn.o_proj")
 
-def quantize_layer(
-    layer: DecoderLayer,
-    hessians: LayerHessians,
-    targets: LayerTargets,
-    recipe: Recipe,
-    layout: Int4GroupLayout,
-    dtype_of: Callable[[str], torch.dtype],
-    device: str = "cpu",
-    experts_per_step: int = EXPERTS_PER_STEP,
-    on_experts: Callable[[int], None] | None = None,
-) -> LayerQuantization:
-    """GPTQ of the targeted linears of `layer` (dense, as loaded from the BF16 shards) with `hessians`;
-    `dtype_of(module)` is the dtype the source stores `module`'s weight in (that of its scales).
+    def experts(
+        self, modules: dict[int, Expert], layer_hessians: LayerHessians, group: ExpertHessians, projection: str
+    ) -> None:
+        """GPTQ of one projection ("gate_up" or "down") of a group of experts (expert -> dense module), batched.
 
-    Experts are quantised per projection, all at once: gate/up as one matrix per expert, then down. An expert
-    routed fewer than `recipe.rtn_below_tokens` tokens is rounded to nearest (asked for); one whose Hessian holds
-    no data (routed coverage, no token routed to it) or whose Cholesky fails at every dampening is rounded to
-    nearest by the core (never zeroed); each is recorded in `fallbacks`. Experts go `experts_per_step` at a time,
-    `on_experts(count)` told after each step.
-    """
-    quantizer = _Quantizer(recipe, layout, device, f"model.layers.{targets.index}", dtype_of)
-    result = quantizer.result
-    if targets.qkv:
-        weights = [_dense_weight(layer, f"self_attn.{p}") for p in ATTENTION_INPUTS]
-        out = quantizer.run("self_attn.q_proj", torch.cat(weights), hessians.attention.mean, None)
-        start = 0
-        for projection, weight in zip(ATTENTION_INPUTS, weights, strict=True):
-            rows = slice(start, start + weight.shape[0])
-            quantizer.store(f"self_attn.{projection}", out.codes[0, rows], out.scales[0, rows])
-            start += weight.shape[0]
-            quantizer.note_damp(f"self_attn.{projection}", out, 0)
-        if bool(out.fallback[0]):
-            result.modules_fallback.append(f"{quantizer.prefix}.self_attn.qkv")
-    if targets.o_proj:
-        out = quantizer.run("self_attn.o_proj", _dense_weight(layer, "self_attn.o_proj"), hessians.o_proj.mean, None)
-        quantizer.store("self_attn.o_proj", out.codes[0], out.scales[0])
-        quantizer.note_damp("self_attn.o_proj", out, 0)
-        if bool(out.fallback[0]):
-            result.modules_fallback.append(f"{quantizer.prefix}.self_attn.o_proj")
-    if not targets.experts:
-        return result
-    prior_tokens = _prior_strength(recipe, hessians)
-    for first in range(0, len(targets.experts), experts_per_step):
-        step = list(targets.experts[first : first + experts_per_step])
-        _quantize_experts(layer, hessians, step, quantizer, prior_tokens)
-        if on_experts is not None:
-            on_experts(len(step))
-    return result
-
-
-def _quantize_experts(
-    layer: DecoderLayer, hessians: LayerHessians, experts: list[int], quantizer: _Quantizer, prior_tokens: float
-) -> None:
-    """GPTQ of the gate/up and down projections of `experts`, batched; results and fallbacks into `quantizer`."""
-    recipe, result = quantizer.recipe, quantizer.result
-    routed = hessians.routed_tokens[torch.tensor(experts)]
-    forced = routed < recipe.rtn_below_tokens
-    tokens = None if not bool(forced.any()) else (~forced).long()
-    for projection in ("gate_up", "down"):
+        An expert routed fewer than `recipe.rtn_below_tokens` tokens is rounded to nearest (asked for); one whose
+        Hessian holds no data (routed coverage, no token routed to it) or whose Cholesky fails at every
+        dampening is rounded to nearest by the core (never zeroed); each is recorded in `fallbacks`.
+        """
+        recipe, result = self.recipe, self.result
+        experts = list(modules)
+        routed = layer_hessians.routed_tokens[torch.tensor(experts)]
+        forced = routed < recipe.rtn_below_tokens
+        tokens = None if not bool(forced.any()) else (~forced).long()
+        prior_tokens = _prior_strength(recipe, layer_hessians.routed_tokens)
         if projection == "gate_up":
-            stacked = [
-                torch.cat([_dense_weight(layer, f"mlp.experts.{e}.{p}") for p in ("gate_proj", "up_proj")])
-                for e in experts
-            ]
+            stacked = [torch.cat([modules[e].gate_proj.weight, modules[e].up_proj.weight]) for e in experts]
         else:
-            stacked = [_dense_weight(layer, f"mlp.experts.{e}.down_proj") for e in experts]
-        hessian = _expert_hessian(recipe, hessians, projection, experts, prior_tokens)
-        out = quantizer.run(f"mlp.experts.{experts[0]}.down_proj", torch.stack(stacked), hessian, tokens)
+            stacked = [modules[e].down_proj.weight for e in experts]
+        hessian = _expert_hessian(recipe, layer_hessians, group, projection, experts, prior_tokens)
+        out = self.run(f"mlp.experts.{experts[0]}.down_proj", torch.stack(stacked), hessian, tokens)
         del hessian
         width = stacked[0].shape[0] // 2
         for slot, expert in enumerate(experts):
             names = ("gate_proj", "up_proj") if projection == "gate_up" else ("down_proj",)
             for part, name in enumerate(names):
                 rows = slice(part * width, (part + 1) * width) if projection == "gate_up" else slice(None)
-                quantizer.store(f"mlp.experts.{expert}.{name}", out.codes[slot, rows], out.scales[slot, rows])
-                quantizer.note_damp(f"mlp.experts.{expert}.{name}", out, slot)
+                self.store(f"mlp.experts.{expert}.{name}", out.codes[slot, rows], out.scales[slot, rows])
+                self.note_damp(f"mlp.experts.{expert}.{name}", out, slot)
             reason = None
             if bool(forced[slot]):
                 reason = f"round-to-nearest as asked ({int(routed[slot])} routed tokens < {recipe.rtn_below_tokens})"
@@ -243,20 +221,36 @@ def _quantize_experts(
                 result.fallbacks.setdefault(expert, {})[projection] = reason
 
 
-def install_quantized(layer: DecoderLayer, tensors: dict[str, torch.Tensor], layout: Int4GroupLayout, prefix: str):
-    """Replace each linear of `layer` that `tensors` (checkpoint names under `prefix`, e.g. `model.layers.3`)
-    holds INT4 weights for with the runtime's INT4 linear on those tensors: the layer then computes what the
-    runtime computes for the output checkpoint."""
+def quantized_linear(
+    tensors: dict[str, torch.Tensor], layout: Int4GroupLayout, module: str, backend, device,
+    cache_dtype: torch.dtype | None = None,
+) -> Int4GroupLinear:  # fmt: skip
+    """The runtime's INT4 linear for checkpoint module `module` (e.g. `model.layers.3.mlp.experts.5.up_proj`)
+    from its tensors in `tensors`: what the runtime computes for the output checkpoint."""
+    return Int4GroupLinear(
+        tensors[f"{module}.{layout.codes_suffix}"].to(device),
+        tensors[f"{module}.{layout.scale_suffixes[0]}"].to(device),
+        layout,
+        backend,
+        cache_dtype,
+    )
+
+
+def quantized_modules(tensors: dict[str, torch.Tensor], layout: Int4GroupLayout, prefix: str) -> list[str]:
+    """Modules under `prefix` (relative names, sorted) that `tensors` holds INT4 weights for."""
     packed = layout.codes_suffix
-    modules = sorted(name[len(prefix) + 1 : -len(packed) - 1] for name in tensors if name.endswith(f".{packed}"))
-    for module in modules:
+    return sorted(name[len(prefix) + 1 : -len(packed) - 1] for name in tensors if name.endswith(f".{packed}"))
+
+
+def install_quantized(layer: DecoderLayer, tensors: dict[str, torch.Tensor], layout: Int4GroupLayout, prefix: str):
+    """Replace each linear present in `layer` that `tensors` (checkpoint names under `prefix`, e.g.
+    `model.layers.3`) holds INT4 weights for with the runtime's INT4 linear on those tensors (modules `layer` does
+    not hold, e.g. experts read one at a time, are left to the caller)."""
+    present = {name for name, _ in layer.named_modules()}
+    for module in quantized_modules(tensors, layout, prefix):
+        if module not in present:
+            continue
         parent, _, child = module.rpartition(".")
         old = layer.get_submodule(module)
-        device = old.weight.device
-        new = Int4GroupLinear(
-            tensors[f"{prefix}.{module}.{packed}"].to(device),
-            tensors[f"{prefix}.{module}.{layout.scale_suffixes[0]}"].to(device),
-            layout,
-            old.backend,
-        )
+        new = quantized_linear(tensors, layout, f"{prefix}.{module}", old.backend, old.weight.device)
         setattr(layer.get_submodule(parent), child, new)

@@ -41,11 +41,30 @@ from qtools.convert.state import (
 from qtools.errors import QtoolsError
 from qtools.formats import DenseFormat, detect, format_for_recipe
 from qtools.gptq.assemble import write_shard
-from qtools.gptq.capture import ALL_TOKENS, BLEND, LayerHessians, capturing, run_all_experts
+from qtools.gptq.capture import (
+    ExpertHessians,
+    LayerHessians,
+    Routing,
+    accumulate_down,
+    accumulate_gate_up,
+    add_expert_output,
+    attend,
+    capturing,
+    routed_intermediates,
+)
 from qtools.gptq.hidden import hidden_stores
 from qtools.gptq.layer_files import finished_layer, layers_dir, load_layer_tensors, save_layer
-from qtools.gptq.quantize import LayerQuantization, LayerTargets, install_quantized, quantize_layer
+from qtools.gptq.quantize import (
+    EXPERT_PROJECTIONS,
+    EXPERTS_PER_STEP,
+    LayerQuantization,
+    LayerTargets,
+    Quantizer,
+    install_quantized,
+    quantized_linear,
+)
 from qtools.recipe import Recipe
+from qtools.runtime.layers import Expert
 from qtools.runtime.loading import CheckpointLoader
 
 DEFAULT_BATCH = 8
@@ -195,7 +214,14 @@ def _warn_fallbacks(hooks: GPTQHooks, report: dict, damp: float) -> None:
 
 
 class _LayerRunner:
-    """Runs one conversion's layers over the calibration hidden states."""
+    """Runs one conversion's layers over the calibration hidden states.
+
+    Per layer: the attention stage over batches of sequences writes the post-attention residual of every token
+    into `following` and keeps the router's choice; then, expert-major, each expert runs once on all its tokens:
+    calibration (Hessians from its BF16 weights, GPTQ a group of experts at a time) and propagation (its INT4
+    weights, read back from the layer file, on the MoE inputs of its tokens, accumulated in float32 in ascending
+    expert order as the runtime's MoE does); `following` then holds the layer's output.
+    """
 
     def __init__(
         self, group: Group, checkpoint, destination, recipe, calibration, device, dtype, max_memory, batch_size, hooks
@@ -212,7 +238,10 @@ class _LayerRunner:
             shape, dtype, max_memory, destination / STATE_DIR / "hidden" / f"rank-{group.rank}"
         )
         self.positions = torch.arange(length, device=self.device)
-        self.all_token_down = recipe.coverage in (ALL_TOKENS, BLEND)
+        self.tokens = samples * length
+        self._moe_out: torch.Tensor | None = None  # the MoE output of a fused calibration (see `_calibrate_share`)
+        # Tokens per expert GEMM: one calibration batch's worth.
+        self.chunk = batch_size * length
 
     def stored_dtype(self, module: str) -> torch.dtype:
         return self.loader.source.info(f"{module}.weight").dtype
@@ -220,6 +249,10 @@ class _LayerRunner:
     def batches(self) -> list[tuple[int, int]]:
         samples = self.ids.shape[0]
         return [(first, min(self.batch, samples - first)) for first in range(0, samples, self.batch)]
+
+    def residual_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The post-attention residual of tokens `index` (flat token positions) [n, H], on the device."""
+        return self.following.rows(index, self.device)
 
     def embed(self) -> None:
         c = self.config
@@ -229,40 +262,120 @@ class _LayerRunner:
         for first, count in self.batches():
             self.current.write(first, F.embedding(self.ids[first : first + count].to(self.device), table))
 
-    def calibrate(self, index: int, layer, targets: LayerTargets) -> dict:
+    def attention_stage(self, layer, hessians=None, observer=None) -> Routing:
+        """h = x + attention(norm(x)) of every token into `following`; the router's choice for every token."""
+        parts = []
+        for first, count in self.batches():
+            h, routing = attend(layer, self.current.read(first, count, self.device), self.positions, hessians, observer)
+            self.following.write(first, h)
+            parts.append(routing)
+            self.hooks.advance(count * self.ids.shape[1])
+        return Routing.concat(parts, self.config.num_experts)
+
+    def calibrate(self, index: int, layer, targets: LayerTargets) -> tuple[dict, Routing]:
         """Hessians and GPTQ of this rank's share of the layer's targets (every rank runs every token through
-        the layer; each keeps and quantises its own experts' Hessians); rank 0 saves the merged layer."""
+        the attention; each calibrates and quantises its own experts); rank 0 saves the merged layer."""
         mine = targets.share(self.group.rank, self.group.world)
         parts = self.group.run_and_gather(lambda: self._calibrate_share(index, layer, mine))
         quantized = LayerQuantization.merged([part for part, _ in parts])
         report = _layer_report(index, parts[0][1], len(targets.experts), quantized, self.ids.numel())
         self.group.run_on_rank0_then_share(lambda: save_layer(self.destination, index, quantized.tensors, report))
-        return report
+        return report, self._routing
 
     def _calibrate_share(self, index: int, layer, mine: LayerTargets) -> tuple[LayerQuantization, list[int]]:
-        hessians = LayerHessians.for_layer(layer, self.recipe.coverage, mine.qkv, mine.o_proj, mine.experts)
-        self.hooks.phase(index, "calibrate", self.ids.numel())
+        c = self.config
+        hessians = LayerHessians.for_layer(
+            layer, c.num_experts, self.recipe.coverage, mine.qkv, mine.o_proj, bool(mine.experts)
+        )
         observer = None
         if self.hooks.on_inputs is not None:
             observer = lambda where, x: self.hooks.on_inputs(index, where, x)  # noqa: E731
-        with capturing(layer, hessians, observer) as sink:
-            for first, count in self.batches():
-                layer(self.current.read(first, count, self.device), self.positions)
-                if self.all_token_down and mine.experts:
-                    run_all_experts(layer, sink)
-                self.hooks.advance(count * self.ids.shape[1])
+        self.hooks.phase(index, "calibrate", self.ids.numel())
+        with capturing(layer, hessians, observer):
+            routing = self.attention_stage(layer, hessians, observer)
+        self._routing = routing
+        hessians.routed_tokens = routing.counts()
+        quantizer = Quantizer(self.recipe, self.layout, str(self.device), index, self.stored_dtype)
         self.hooks.phase(index, "quantise", len(mine.experts))
-        quantized = quantize_layer(
-            layer, hessians, mine, self.recipe, self.layout, self.stored_dtype, str(self.device),
-            on_experts=self.hooks.advance,
-        )  # fmt: skip
-        return quantized, hessians.routed_tokens.tolist()
+        quantizer.attention(layer, hessians, mine)
+        # One process, attention kept BF16, a layer to propagate: the intermediates of the down Hessians are the
+        # MoE inputs propagation needs, so each expert's output is computed here, once.
+        fused = self.group.world == 1 and not (mine.qkv or mine.o_proj) and index + 1 < c.num_layers
+        self._moe_out = torch.zeros(self.tokens, c.hidden_size, device=self.device) if fused else None
+        prefix = f"model.layers.{index}"
+        backend = layer.mlp.gate.backend
+        for first in range(0, len(mine.experts), EXPERTS_PER_STEP):
+            step = list(mine.experts[first : first + EXPERTS_PER_STEP])
+            dense = {expert: self.loader.expert(index, expert) for expert in step}
+            stacks = ExpertHessians.for_group(
+                step, c.hidden_size, c.moe_intermediate_size, self.recipe.coverage, self.device
+            )
+            accumulate_gate_up(layer, step, self.residual_rows, routing, stacks, self.chunk)
+            quantizer.experts(dense, hessians, stacks, "gate_up")
+            tensors = quantizer.result.tensors
+            half = {
+                e: self._expert(tensors, prefix, e, backend, ("gate_proj", "up_proj"), dense[e].down_proj) for e in step
+            }
+            kept = accumulate_down(
+                layer, half, self.residual_rows, self.tokens, routing, stacks, self.chunk, keep=fused
+            )
+            quantizer.experts(dense, hessians, stacks, "down")
+            del dense, stacks, half
+            for expert, chunks in kept.items():
+                down = quantized_linear(
+                    tensors, self.layout, f"{prefix}.mlp.experts.{expert}.down_proj", backend, self.device, self.dtype
+                )
+                for rows, slots, values in chunks:
+                    add_expert_output(self._moe_out, routing, rows, slots, down(values))
+            del kept
+            self.hooks.advance(len(step))
+        return quantizer.result, hessians.routed_tokens.tolist()
 
-    def propagate(self, index: int, layer) -> None:
-        self.hooks.phase(index, "propagate", self.ids.numel())
+    def _expert(self, tensors, prefix: str, expert: int, backend, quantized: tuple[str, ...], down) -> Expert:
+        """Expert `expert` with the projections in `quantized` as INT4 from `tensors` (dequantised once, in the
+        compute dtype) and down_proj `down`."""
+        linears = {
+            p: quantized_linear(
+                tensors, self.layout, f"{prefix}.mlp.experts.{expert}.{p}", backend, self.device, self.dtype
+            )
+            for p in quantized
+        }
+        return Expert(linears["gate_proj"], linears["up_proj"], linears.get("down_proj", down))
+
+    def propagate(self, index: int, layer, tensors: dict[str, torch.Tensor], routing: Routing | None) -> None:
+        """`following` <- the output of layer `index` as the output checkpoint holds it (`tensors`: its INT4
+        tensors). `routing`: that of an attention stage just run on the same attention weights, or None to run it
+        (a resumed run, or quantised attention). Each expert computes exactly what the fused calibration computes
+        (`routed_intermediates` through its INT4 gate/up, then its INT4 down_proj), so both give the same bits."""
+        prefix = f"model.layers.{index}"
+        self.hooks.phase(index, "propagate", self.ids.numel() * (2 if routing is None else 1))
+        if routing is None:
+            install_quantized(layer, tensors, self.layout, prefix)
+            routing = self.attention_stage(layer)
+        out = torch.zeros(self.tokens, self.config.hidden_size, dtype=torch.float32, device=self.device)
+        backend = layer.mlp.gate.backend
+        for expert in range(self.config.num_experts):
+            if routing.tokens(expert)[0].numel() == 0:
+                continue
+            if f"{prefix}.mlp.experts.{expert}.gate_proj.{self.layout.codes_suffix}" in tensors:
+                module = self._expert(tensors, prefix, expert, backend, EXPERT_PROJECTIONS, None)
+            else:
+                module = self.loader.expert(index, expert)
+            for rows, slots, values in routed_intermediates(
+                layer, expert, module, self.residual_rows, routing, self.chunk
+            ):
+                add_expert_output(out, routing, rows, slots, module.down_proj(values))
+            del module
+        self.finish_layer(out)
+
+    def finish_layer(self, out: torch.Tensor) -> None:
+        """`following` (the post-attention residual) += the MoE output out float32 [N, H], in the compute dtype
+        (the runtime's `hidden + mlp(...)`); it becomes the next layer's input."""
+        length = self.ids.shape[1]
+        out = out.view(-1, length, self.config.hidden_size)
         for first, count in self.batches():
-            self.following.write(first, layer(self.current.read(first, count, self.device), self.positions))
-            self.hooks.advance(count * self.ids.shape[1])
+            self.following.add(first, out[first : first + count].to(self.dtype))
+            self.hooks.advance(count * length)
         self.current, self.following = self.following, self.current
 
     def run(self, first_todo: int) -> list[dict]:
@@ -276,21 +389,25 @@ class _LayerRunner:
                 report = finished_layer(self.destination, index) if index < first_todo else None
                 if report is None and index < first_todo:
                     raise QtoolsError(f"{layers_dir(self.destination)}: layer {index} changed during the run")
-                layer = self.loader.layer(index)
+                layer = self.loader.layer(index, experts=False)
+                routing = None
                 if report is None:
-                    report = self.calibrate(index, layer, targets)
+                    report, routing = self.calibrate(index, layer, targets)
                     if self.group.rank == 0:
                         _warn_fallbacks(self.hooks, report, self.recipe.damp)
                     if self.hooks.on_layer_done:
                         self.hooks.on_layer_done(index, report)
+                    if targets.qkv or targets.o_proj:
+                        routing = None  # the attention changed: its stage runs again on the INT4 weights
                 reports.append(report)
-                if index + 1 < layers:
+                if index + 1 < layers and routing is not None and self._moe_out is not None:
+                    self.hooks.phase(index, "propagate", self.ids.numel())
+                    self.finish_layer(self._moe_out)
+                elif index + 1 < layers:
                     # The layer as the output checkpoint holds it, read back from its file: a resumed run
                     # propagates through exactly the weights an uninterrupted one did.
-                    install_quantized(
-                        layer, load_layer_tensors(self.destination, index), self.layout, f"model.layers.{index}"
-                    )
-                    self.propagate(index, layer)
+                    self.propagate(index, layer, load_layer_tensors(self.destination, index), routing)
+                self._moe_out = None
                 del layer
         self.current.close()
         self.following.close()

@@ -25,6 +25,21 @@ import torch
 
 __all__ = ["HessianAccumulator", "blend_hessians"]
 
+# Hessians at least 4 panels wide are updated as panels of their upper triangle (a symmetric rank-k update, BLAS's
+# syrk, which torch does not expose): 56-62% of the flops of the full product at widths 2048-6144. The lower
+# triangle is mirrored from the upper one when `mean` is read.
+_PANEL = 256
+
+
+def _mirror_upper_(matrix: torch.Tensor) -> None:
+    """matrix [n, n]: lower triangle <- transpose of the upper one, in place, a panel at a time."""
+    n = matrix.shape[-1]
+    for i in range(0, n, _PANEL):
+        j = min(i + _PANEL, n)
+        diagonal = matrix[i:j, i:j]
+        diagonal.copy_(diagonal.triu() + diagonal.triu(1).mT)
+        matrix[j:, i:j].copy_(matrix[i:j, j:].mT)
+
 
 class HessianAccumulator:
     """Running-mean GPTQ Hessian of one input ([in, in]) or of a stack of E inputs ([E, in, in], one per expert).
@@ -42,26 +57,42 @@ class HessianAccumulator:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         shape = (in_features, in_features) if experts is None else (experts, in_features, in_features)
-        self.mean = torch.zeros(shape, dtype=dtype, device=device)
+        self._mean = torch.zeros(shape, dtype=dtype, device=device)
+        self._mirror = False
         self.tokens = torch.zeros(() if experts is None else (experts,), dtype=torch.int64)
 
     @property
+    def mean(self) -> torch.Tensor:
+        """The Hessian(s), symmetric (the lower triangle mirrored after panel updates)."""
+        if self._mirror:
+            for matrix in self._mean.view(-1, self.in_features, self.in_features):
+                _mirror_upper_(matrix)
+            self._mirror = False
+        return self._mean
+
+    @property
     def in_features(self) -> int:
-        return self.mean.shape[-1]
+        return self._mean.shape[-1]
 
     @property
     def experts(self) -> int | None:
-        return None if self.mean.dim() == 2 else self.mean.shape[0]
+        return None if self._mean.dim() == 2 else self._mean.shape[0]
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"inputs of width {x.shape[-1]} for a Hessian of width {self.in_features}")
-        return x.reshape(-1, self.in_features).to(device=self.mean.device, dtype=self.mean.dtype)
+        return x.reshape(-1, self.in_features).to(device=self._mean.device, dtype=self._mean.dtype)
 
-    @staticmethod
-    def _update(mean: torch.Tensor, seen: int, x: torch.Tensor) -> None:
+    def _update(self, mean: torch.Tensor, seen: int, x: torch.Tensor) -> None:
         total = seen + x.shape[0]
-        mean.addmm_(x.T, x, beta=seen / total, alpha=2.0 / total)
+        beta, alpha = seen / total, 2.0 / total
+        n = x.shape[1]
+        if n < 4 * _PANEL:
+            mean.addmm_(x.T, x, beta=beta, alpha=alpha)
+            return
+        for i in range(0, n, _PANEL):
+            mean[i : i + _PANEL, i:].addmm_(x[:, i : i + _PANEL].T, x[:, i:], beta=beta, alpha=alpha)
+        self._mirror = True
 
     def add(self, x: torch.Tensor, expert: int | None = None) -> None:
         """Add the tokens x [..., in] (any float dtype) to the Hessian, or to expert `expert`'s of a stack."""
@@ -71,10 +102,10 @@ class HessianAccumulator:
         if (expert is None) != (self.experts is None):
             raise ValueError("give `expert` exactly when the accumulator is a per-expert stack")
         if expert is None:
-            self._update(self.mean, int(self.tokens), x)
+            self._update(self._mean, int(self.tokens), x)
             self.tokens += x.shape[0]
         else:
-            self._update(self.mean[expert], int(self.tokens[expert]), x)
+            self._update(self._mean[expert], int(self.tokens[expert]), x)
             self.tokens[expert] += x.shape[0]
 
     def add_routed(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:

@@ -80,9 +80,13 @@ class Expert(nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
 
+    def intermediate(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, hidden] -> silu(gate(x)) * up(x) [N, width]: what down_proj sees."""
+        return F.silu(self.gate_proj(x)) * self.up_proj(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, hidden] -> [N, hidden]."""
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.intermediate(x))
 
 
 class MoeBlock(nn.Module):
@@ -143,6 +147,11 @@ class DecoderLayer(nn.Module):
 
         With a cache, the T tokens continue the sequence it holds and their keys/values are appended to it.
         """
-        cos, sin = self.rotary(positions.to(hidden.device), hidden.dtype)
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, cache)
+        hidden = self.attend(hidden, positions, cache)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+    def attend(self, hidden: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The attention half of `forward`: hidden + attention(norm(hidden)), same shapes; the MoE input is
+        `post_attention_layernorm` of it."""
+        cos, sin = self.rotary(positions.to(hidden.device), hidden.dtype)
+        return hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, cache)

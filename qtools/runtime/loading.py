@@ -55,8 +55,19 @@ class CheckpointLoader:
         weight = self.source.read_shape_checked(f"{module}.weight", (dim,), self.options.device, self.options.dtype)
         return RMSNorm(weight, self.config.rms_norm_eps)
 
-    def layer(self, index: int) -> DecoderLayer:
-        """Decoder layer `index` with all its experts."""
+    def expert(self, index: int, expert: int) -> Expert:
+        """Expert `expert` of decoder layer `index`."""
+        c, prefix = self.config, f"model.layers.{index}.mlp.experts.{expert}"
+        width, hidden = c.moe_intermediate_size, c.hidden_size
+        return Expert(
+            gate_proj=self.linear(f"{prefix}.gate_proj", (width, hidden)),
+            up_proj=self.linear(f"{prefix}.up_proj", (width, hidden)),
+            down_proj=self.linear(f"{prefix}.down_proj", (hidden, width)),
+        )
+
+    def layer(self, index: int, experts: bool = True) -> DecoderLayer:
+        """Decoder layer `index` with all its experts, or (`experts=False`) with none: its attention, norms and
+        router, for a caller that reads the experts one at a time (`expert`)."""
         c, prefix = self.config, f"model.layers.{index}"
         hidden, q_width, kv_width = c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         attention = Attention(
@@ -68,16 +79,8 @@ class CheckpointLoader:
             q_norm=self.norm(f"{prefix}.self_attn.q_norm", c.head_dim),
             k_norm=self.norm(f"{prefix}.self_attn.k_norm", c.head_dim),
         )
-        width = c.moe_intermediate_size
-        experts = [
-            Expert(
-                gate_proj=self.linear(f"{prefix}.mlp.experts.{e}.gate_proj", (width, hidden)),
-                up_proj=self.linear(f"{prefix}.mlp.experts.{e}.up_proj", (width, hidden)),
-                down_proj=self.linear(f"{prefix}.mlp.experts.{e}.down_proj", (hidden, width)),
-            )
-            for e in range(c.num_experts)
-        ]
-        moe = MoeBlock(c, self.linear(f"{prefix}.mlp.gate", (c.num_experts, hidden)), experts)
+        modules = [self.expert(index, e) for e in range(c.num_experts)] if experts else []
+        moe = MoeBlock(c, self.linear(f"{prefix}.mlp.gate", (c.num_experts, hidden)), modules)
         return DecoderLayer(
             attention,
             moe,
