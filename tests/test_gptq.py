@@ -25,7 +25,7 @@ from qtools.gptq.capture import (
     attend,
     capturing,
 )
-from qtools.gptq.quantize import Quantizer, _expert_hessian
+from qtools.gptq.quantize import Quantizer, _expert_hessian, expert_weights
 from qtools.inspect import inspect_checkpoint
 from qtools.numerics.int4 import unpack_int4
 from qtools.recipe import Recipe, load_recipe
@@ -261,12 +261,19 @@ def test_failed_cholesky_retries_then_falls_back_counted(aligned_checkpoint):
     hessians.routed_tokens[:] = 64
     quantizer = Quantizer(recipe, _int4(), "cpu", 0, lambda _: torch.bfloat16)
     for projection in ("gate_up", "down"):
-        quantizer.experts(dict(enumerate(layer.mlp.experts)), hessians, stacks, projection)
+        quantizer.experts(stacked_weights(layer, [0, 1, 2, 3], projection), [0, 1, 2, 3], hessians, stacks, projection)
     result = quantizer.result
     assert result.fallbacks == {2: {"down": "round-to-nearest: Cholesky failed at every dampening tried"}}
     assert [(module, round(damp, 6)) for module, damp in result.damp_raised] == [
         ("model.layers.0.mlp.experts.1.down_proj", 0.1)
     ]
+
+
+def stacked_weights(layer, experts: list[int], projection: str) -> torch.Tensor:
+    """`expert_weights` of a loaded layer's dense experts."""
+    modules = {f"model.layers.0.mlp.experts.{e}.{p}.weight": getattr(layer.mlp.experts[e], p).weight
+               for e in experts for p in ("gate_proj", "up_proj", "down_proj")}  # fmt: skip
+    return expert_weights(modules.__getitem__, "model.layers.0", experts, projection)
 
 
 def _int4():
@@ -427,9 +434,9 @@ def test_experts_quantised_a_few_at_a_time_give_the_same_codes(aligned_checkpoin
                 stacks = ExpertHessians.for_group(group, 256, 128, coverage, "cpu")
                 modules = {e: experts[e] for e in group}
                 accumulate_gate_up(layer, group, rows, routing, stacks, chunk)
-                quantizer.experts(modules, hessians, stacks, "gate_up")
+                quantizer.experts(stacked_weights(layer, group, "gate_up"), group, hessians, stacks, "gate_up")
                 accumulate_down(layer, modules, rows, 64, routing, stacks, chunk)
-                quantizer.experts(modules, hessians, stacks, "down")
+                quantizer.experts(stacked_weights(layer, group, "down"), group, hessians, stacks, "down")
             return quantizer.result.tensors
 
         whole = quantized([[0, 1, 2, 3]], 64)

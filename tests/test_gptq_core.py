@@ -313,6 +313,13 @@ def test_fast_factor_equals_the_reference_factor(in_features):
     scale = reference[:2].abs().amax()
     assert ((fast[:2] - reference[:2]).abs().max() / scale).item() < 1e-4
     assert torch.equal(fast[2], torch.eye(in_features))
+    # With an order (act-order), each method factorises the Hessian permuted by it, which equals permuting first.
+    order = torch.stack([torch.randperm(in_features, generator=generator(45 + e)) for e in range(2)])
+    permuted = torch.stack([good[e][order[e]][:, order[e]] for e in range(2)])
+    for method in ("fast", "reference"):
+        ordered = inverse_hessian_factor(good, method=method, order=order)[0]
+        direct = inverse_hessian_factor(permuted, method=method)[0]
+        assert ((ordered - direct).abs().max() / direct.abs().max()).item() < 1e-5
     weight = expert_weights(2, 64, in_features, seed=44)
     codes = gptq_quantize_int4(weight, good, group_size=32).codes
     reference_codes = gptq_quantize_int4(weight, good, group_size=32, factor_method="reference").codes

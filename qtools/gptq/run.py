@@ -53,6 +53,7 @@ from qtools.gptq.capture import (
     routed_intermediates,
 )
 from qtools.gptq.hidden import hidden_stores
+from qtools.gptq.memory import release_freed_memory
 from qtools.gptq.layer_files import finished_layer, layers_dir, load_layer_tensors, save_layer
 from qtools.gptq.quantize import (
     EXPERT_PROJECTIONS,
@@ -60,6 +61,7 @@ from qtools.gptq.quantize import (
     LayerQuantization,
     LayerTargets,
     Quantizer,
+    expert_weights,
     install_quantized,
     quantized_linear,
 )
@@ -306,21 +308,19 @@ class _LayerRunner:
         backend = layer.mlp.gate.backend
         for first in range(0, len(mine.experts), EXPERTS_PER_STEP):
             step = list(mine.experts[first : first + EXPERTS_PER_STEP])
-            dense = {expert: self.loader.expert(index, expert) for expert in step}
             stacks = ExpertHessians.for_group(
                 step, c.hidden_size, c.moe_intermediate_size, self.recipe.coverage, self.device
             )
             accumulate_gate_up(layer, step, self.residual_rows, routing, stacks, self.chunk)
-            quantizer.experts(dense, hessians, stacks, "gate_up")
+            quantizer.experts(self._weights(prefix, step, "gate_up"), step, hessians, stacks, "gate_up")
             tensors = quantizer.result.tensors
-            half = {
-                e: self._expert(tensors, prefix, e, backend, ("gate_proj", "up_proj"), dense[e].down_proj) for e in step
-            }
+            half = {e: self._expert(tensors, prefix, e, backend, ("gate_proj", "up_proj"), None) for e in step}
             kept = accumulate_down(
                 layer, half, self.residual_rows, self.tokens, routing, stacks, self.chunk, keep=fused
             )
-            quantizer.experts(dense, hessians, stacks, "down")
-            del dense, stacks, half
+            del half
+            quantizer.experts(self._weights(prefix, step, "down"), step, hessians, stacks, "down")
+            del stacks
             for expert, chunks in kept.items():
                 down = quantized_linear(
                     tensors, self.layout, f"{prefix}.mlp.experts.{expert}.down_proj", backend, self.device, self.dtype
@@ -328,8 +328,13 @@ class _LayerRunner:
                 for rows, slots, values in chunks:
                     add_expert_output(self._moe_out, routing, rows, slots, down(values))
             del kept
+            release_freed_memory()
             self.hooks.advance(len(step))
         return quantizer.result, hessians.routed_tokens.tolist()
+
+    def _weights(self, prefix: str, experts: list[int], projection: str) -> torch.Tensor:
+        """The experts' stacked `projection` weights as stored (bf16), on the device: what GPTQ quantises."""
+        return expert_weights(lambda name: self.loader.source.read(name, self.device), prefix, experts, projection)
 
     def _expert(self, tensors, prefix: str, expert: int, backend, quantized: tuple[str, ...], down) -> Expert:
         """Expert `expert` with the projections in `quantized` as INT4 from `tensors` (dequantised once, in the
@@ -408,6 +413,7 @@ class _LayerRunner:
                     # propagates through exactly the weights an uninterrupted one did.
                     self.propagate(index, layer, load_layer_tensors(self.destination, index), routing)
                 self._moe_out = None
+                release_freed_memory()
                 del layer
         self.current.close()
         self.following.close()

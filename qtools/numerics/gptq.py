@@ -100,22 +100,20 @@ def _invert_lower_(lower: torch.Tensor) -> None:
 
 
 def _factor_fast(work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """U = chol_upper(work^-1) for dampened Hessians work [B, n, n] float32 (consumed).
+    """U = chol_upper(H^-1) for dampened Hessians H [B, n, n] float32, given *reversed* (work = J H J, consumed).
 
     With J the reversal permutation, if J H J = L L^T then H^-1 = (J L^-1 J)^T (J L^-1 J) and J L^-1 J is upper
     triangular: the factor is one Cholesky and one triangular inverse (n^3 / 3 flops each), against the
     reference's Cholesky, `cholesky_inverse` (slow on CPU) and a second Cholesky. Equal to the reference up to fp32
     rounding (tested). Returns (U [B, n, n], info int32 [B], 0 where it succeeded).
     """
-    flipped = work.flip(-2, -1)
-    del work
-    info = torch.empty(flipped.shape[0], dtype=torch.int32, device=flipped.device)
-    torch.linalg.cholesky_ex(flipped, check_errors=False, out=(flipped, info))
+    info = torch.empty(work.shape[0], dtype=torch.int32, device=work.device)
+    torch.linalg.cholesky_ex(work, check_errors=False, out=(work, info))
     bad = info != 0
     if bool(bad.any()):
-        flipped[bad] = torch.eye(flipped.shape[-1], dtype=flipped.dtype, device=flipped.device)
-    _invert_lower_(flipped)
-    return flipped.flip(-2, -1), info
+        work[bad] = torch.eye(work.shape[-1], dtype=work.dtype, device=work.device)
+    _invert_lower_(work)
+    return work.flip(-2, -1), info
 
 
 def _factor_reference(work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +131,23 @@ def _factor_reference(work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return work, torch.where(info == 0, info_upper, info)
 
 
-FACTOR_METHODS = {"fast": _factor_fast, "reference": _factor_reference}
+# method -> (whether it takes the Hessian reversed, the factorisation)
+FACTOR_METHODS = {"fast": (True, _factor_fast), "reference": (False, _factor_reference)}
+
+
+def _working_copy(hessian: torch.Tensor, index: torch.Tensor, order: torch.Tensor | None, reverse: bool):
+    """float32 [len(index), n, n]: matrix b of `hessian` for each b in `index`, its rows and columns in `order[b]`
+    (reversed when `reverse`), built one matrix at a time (no second copy of the stack)."""
+    n = hessian.shape[-1]
+    work = torch.empty(index.numel(), n, n, dtype=torch.float32, device=hessian.device)
+    for slot, b in enumerate(index.tolist()):
+        if order is None:
+            work[slot].copy_(hessian[b].flip(-2, -1) if reverse else hessian[b])
+            continue
+        o = torch.arange(n, device=hessian.device) if order is None else order[b]
+        o = o.flip(0) if reverse else o
+        torch.index_select(torch.index_select(hessian[b], 0, o), 1, o, out=work[slot])
+    return work
 
 
 def inverse_hessian_factor(
@@ -142,19 +156,22 @@ def inverse_hessian_factor(
     damp_retries: int = 3,
     skip: torch.Tensor | None = None,
     method: str = "fast",
+    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of the dampened inverse Hessian, per matrix of a stack.
 
-    hessian float [B, in, in] (not modified). Dead columns (zero diagonal) get the mean live diagonal; then
-    U = chol_upper((H + d * mean(diag H) I)^-1) with d = `damp`, retried with d x10 up to `damp_retries` times where
-    the factorisation fails. Matrices in `skip` (bool [B]) or without any live column are not factorised.
+    hessian float [B, in, in] (not modified); order int64 [B, in]: factorise each Hessian with its rows and
+    columns in this order (act-order), or None for their own order. Dead columns (zero diagonal) get the mean live
+    diagonal; then U = chol_upper((H + d * mean(diag H) I)^-1) with d = `damp`, retried with d x10 up to
+    `damp_retries` times where the factorisation fails. Matrices in `skip` (bool [B]) or without any live column
+    are not factorised.
     method: "fast" (one Cholesky and a blockwise triangular inverse) or "reference" (llm-compressor's calls, bit
     for bit; about 5x slower on CPU). Returns (U float32 [B, in, in], identity where not factorised; ok bool [B];
     damp float32 [B] used, 0 where not ok; dead bool [B, in]).
     """
     if method not in FACTOR_METHODS:
         raise ValueError(f"factor method {method!r}: choose one of {', '.join(FACTOR_METHODS)}")
-    factorise = FACTOR_METHODS[method]
+    reverse, factorise = FACTOR_METHODS[method]
     batch, in_features, _ = hessian.shape
     device = hessian.device
     diag = hessian.diagonal(dim1=-2, dim2=-1).float()
@@ -173,9 +190,14 @@ def inverse_hessian_factor(
         if index.numel() == 0:
             break
         everything = index.numel() == batch
-        work = hessian.to(torch.float32, copy=True) if everything else hessian[index].to(torch.float32)
+        work = _working_copy(hessian, index, order, reverse)
         work_diag = work.diagonal(dim1=-2, dim2=-1)
-        work_diag.copy_(torch.where(dead[index], live_mean[index, None], work_diag))
+        dead_here = dead[index]
+        if order is not None:
+            dead_here = torch.gather(dead_here, 1, order[index])
+        if reverse:
+            dead_here = dead_here.flip(-1)
+        work_diag.copy_(torch.where(dead_here, live_mean[index, None], work_diag))
         work_diag.add_((frac * live_mean[index])[:, None])
         work, info = factorise(work)
         good = info == 0
@@ -243,8 +265,11 @@ def _sweep(
     block_size: int,
     sub_block: int,
     scale_dtype: torch.dtype,
+    columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The batched column sweep over weight [E, out, in] with factor U [E or 1, in, in].
+    """The batched column sweep over weight [E, out, in] with factor U [E or 1, in, in], the columns of weight
+    taken in the order `columns` int64 [E or 1, in] (act-order; None: their own order; the codes come back in
+    sweep order).
 
     static: scales [E, out, G] fixed before the sweep (looked up per column through group_of int64 [E or 1, in]),
     or None to take each group's scales from the updated weights at its first column. Returns (codes int8
@@ -253,7 +278,14 @@ def _sweep(
     experts, out_features, in_features = weight.shape
     # Transposed working copy [E, in, out]: a column of W is a contiguous [E, out] slice, and the in-block updates
     # run over contiguous rows. The values computed are the same as in the [out, in] layout.
-    work = weight.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    if columns is None:
+        work = weight.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    else:
+        # Permuted while copied, one matrix at a time: no second copy of the stack.
+        work = torch.empty(experts, in_features, out_features, dtype=torch.float32, device=weight.device)
+        for expert in range(experts):
+            order = columns[expert if columns.shape[0] > 1 else 0]
+            work[expert].copy_(weight[expert].index_select(1, order).T)
     codes = torch.empty(experts, in_features, out_features, dtype=torch.int8, device=work.device)
     groups = in_features // group_size
     if static is None:
@@ -342,13 +374,12 @@ def gptq_quantize_int4(
     no_data = torch.zeros(experts, dtype=torch.bool, device=device)
     if tokens is not None:
         no_data |= torch.as_tensor(tokens, device=device).expand(experts) < min_tokens
+    perm = None
     if actorder:
         # Descending diag H, ties by column: the order llm-compressor's static act-order uses.
         perm = torch.argsort(stack.diagonal(dim1=-2, dim2=-1), dim=-1, descending=True, stable=True)
-        rows = perm[:, :, None].expand(-1, -1, in_features)
-        stack = torch.gather(torch.gather(stack, 1, rows), 2, perm[:, None, :].expand(-1, in_features, -1))
     skip = None if shared else no_data
-    factor, ok, used, dead = inverse_hessian_factor(stack, damp, damp_retries, skip, factor_method)
+    factor, ok, used, dead = inverse_hessian_factor(stack, damp, damp_retries, skip, factor_method, perm)
     dead_columns = dead.sum(-1).expand(experts).clone()
     no_data |= (dead.all(-1)).expand(experts)
     cholesky_failed = ~no_data & ~ok.expand(experts)
@@ -362,13 +393,13 @@ def gptq_quantize_int4(
         live_weight = weight[live] if live.numel() < experts else weight
         live_factor = factor if shared else factor[live]
         group_of = torch.arange(in_features, device=device)[None] // group_size
+        perm_live = None
         if actorder:
             perm_live = perm if shared else perm[live]
-            live_weight = torch.gather(live_weight, 2, perm_live[:, None, :].expand_as(live_weight))
             group_of = perm_live // group_size
         static = rtn_scales[live] if static_scales else None
         live_codes, live_scales, live_loss = _sweep(
-            live_weight, live_factor, static, group_of, group_size, block_size, sub_block, scale_dtype
+            live_weight, live_factor, static, group_of, group_size, block_size, sub_block, scale_dtype, perm_live
         )
         if actorder:
             restore = torch.argsort(perm_live, dim=-1)
