@@ -53,8 +53,8 @@ from qtools.gptq.capture import (
     routed_intermediates,
 )
 from qtools.gptq.hidden import hidden_stores
-from qtools.gptq.memory import release_freed_memory
 from qtools.gptq.layer_files import finished_layer, layers_dir, load_layer_tensors, save_layer
+from qtools.gptq.memory import release_freed_memory
 from qtools.gptq.quantize import (
     EXPERT_PROJECTIONS,
     EXPERTS_PER_STEP,
