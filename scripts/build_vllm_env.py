@@ -9,6 +9,7 @@ non-zero with the step and pip's output, and leaves no stamp, so `make test` fai
 
     python scripts/build_vllm_env.py          # build if missing, print the environment's python
     python scripts/build_vllm_env.py --force  # rebuild
+    python scripts/build_vllm_env.py --lock OTHER.lock  # another lock file (its own cache directory)
 """
 
 from __future__ import annotations
@@ -43,30 +44,33 @@ def _run(step: str, command: list[str]) -> str:
     return result.stdout
 
 
-def build(env: Path) -> None:
-    """Create the venv at `env`, install the lock without resolving, check `import vllm`, write the stamp."""
+def build(env: Path, lock: Path) -> None:
+    """Create the venv at `env`, install `lock` without resolving, check `import vllm`, write the stamp."""
     if env.exists():
         shutil.rmtree(env)  # an unstamped directory is an interrupted build
     env.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    _run("creating the venv", [sys.executable, "-m", "venv", str(env)])
+    # No pip of its own (ensurepip takes half a minute here): this interpreter's pip installs into it.
+    _run("creating the venv", [sys.executable, "-m", "venv", "--without-pip", str(env)])
     python = str(env / "bin" / "python")
     _run(
-        f"pip install --no-deps -r {LOCK_FILE.name}",
-        [python, "-m", "pip", "install", "--quiet", "--no-deps", "-r", str(LOCK_FILE)],
+        f"pip install --no-deps -r {lock.name}",
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "-r", str(lock)],
     )
     versions = _run("import vllm (CPU torch, no CUDA extras)", [python, "-c", PROBE]).strip()
-    (env / STAMP_NAME).write_text(f"{versions}\nlock {LOCK_FILE.name}\n")
+    (env / STAMP_NAME).write_text(f"{versions}\nlock {lock.name}\n")
     print(f"build_vllm_env: built {env} ({versions}) in {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even when built")
+    parser.add_argument("--lock", type=Path, default=LOCK_FILE, help="lock file (default: requirements-vllm.lock)")
     args = parser.parse_args()
-    env = vllm_env_dir()
+    lock = args.lock.resolve()
+    env = vllm_env_dir(lock)
     if args.force or not (env / STAMP_NAME).is_file():
-        build(env)
+        build(env, lock)
     print(env / "bin" / "python")
 
 
