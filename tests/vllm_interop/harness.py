@@ -4,7 +4,12 @@ capability shim (`amx_shim/sitecustomize.py`, see its docstring for why), and ho
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +59,51 @@ def run_vllm_python(args: list[str], timeout: float, cwd: Path | None = None) ->
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-60:])
         pytest.fail(f"vLLM process {args[0]} exited {result.returncode}:\n{tail}")
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def vllm_servers(models: list[Path], tokenizer: Path, logs: Path, startup_s: float = 900) -> Iterator[list[str]]:
+    """vLLM's OpenAI API server for each of `models` on 127.0.0.1 (free ports), with the qwen3_coder tool parser,
+    all started at once; yields their base URLs once each /v1/models answers, and stops every server (SIGTERM,
+    then SIGKILL) when the block ends. Fails the test with a server log's tail when one exits or does not
+    answer within `startup_s`."""
+    servers: list[tuple[subprocess.Popen, str, Path]] = []
+    try:
+        for index, model in enumerate(models):
+            port, log = free_port(), logs / f"server-{index}.log"
+            args = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--tokenizer", str(tokenizer)]
+            args += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--seed", "0"]
+            args += ["--enforce-eager", "--max-model-len", "4096", "--max-logprobs", "20"]
+            args += ["--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder"]
+            with log.open("w") as out:
+                # the API server runs its engine core in a process of its own (in-process, it does not start)
+                env = {**vllm_env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+                process = subprocess.Popen([str(vllm_python()), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+            servers.append((process, f"http://127.0.0.1:{port}", log))
+        deadline = time.monotonic() + startup_s
+        for process, url, log in servers:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/v1/models", timeout=5):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        tail = "\n".join(log.read_text().splitlines()[-40:])
+                        pytest.fail(f"vLLM server {url} did not come up (exit {process.poll()}):\n{tail}")
+                    time.sleep(1)  # polling for readiness, not timing a result
+        yield [url for _, url, _ in servers]
+    finally:
+        for process, _, _ in servers:
+            process.terminate()
+        for process, _, _ in servers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
