@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.qtools-installed
 DEMO_DIR ?= out/demo
 
-.PHONY: setup setup-browser demo toy test lint clean
+.PHONY: setup setup-browser vllm-env demo toy test lint clean
 
 setup: $(STAMP)
 
@@ -35,8 +35,13 @@ setup-browser:
 	    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "setup-browser: chromium not installed; the report screenshot test will be skipped"
 
+# vLLM's CPU build in its own venv (it pins its own torch and transformers), for the interop tests: built once per
+# lock file under $QTOOLS_CACHE (about 4 minutes, 3.5 GB); fails, and so fails `make test`, when it cannot be built.
+vllm-env: setup
+	$(BIN)/python scripts/build_vllm_env.py
+
 # CI has no GPU: Triton kernels run in the interpreter (override with TRITON_INTERPRET=0 on a GPU machine).
-test: setup setup-browser
+test: setup setup-browser vllm-env
 	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} $(BIN)/python -m pytest -q tests kernels/tests
 
 lint: setup

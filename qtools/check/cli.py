@@ -58,7 +58,15 @@ def check(
     suite_file: Annotated[
         list[Path] | None, typer.Option(help="JSONL of extra code/tools/fim records (repeatable)")
     ] = None,
-    engine: Annotated[str, typer.Option(help="qtools (own runtime) or vllm (needs vLLM installed)")] = "qtools",
+    engine: Annotated[
+        str, typer.Option(help="qtools (own runtime), vllm (needs vLLM installed) or openai (served models)")
+    ] = "qtools",
+    ref_url: Annotated[
+        str | None, typer.Option(help="--engine openai: base URL of the server of the reference model")
+    ] = None,
+    quant_url: Annotated[
+        str | None, typer.Option(help="--engine openai: base URL of the server of the quantised model")
+    ] = None,
     vllm_option: Annotated[
         list[str] | None,
         typer.Option(help="vllm.LLM argument KEY=VALUE, VALUE as JSON (e.g. tensor_parallel_size=4); repeatable"),
@@ -109,6 +117,7 @@ def check(
             suite_files=tuple(suite_file or ()),
             dtype=None if dtype == "auto" else DTYPES[dtype],
             vllm_options=vllm_options,
+            urls=None if ref_url is None and quant_url is None else (ref_url or "", quant_url or ""),
             log=lambda message: console.print(
                 f"[bold yellow]{message}[/]" if message.startswith("warning:") else f"[dim]{message}[/]"
             ),

