@@ -1,0 +1,156 @@
+"""`qtools publish` uploads with the real huggingface_hub client to a local stand-in Hub
+(`qtools.testing.hub_server`, LFS protocol, xet disabled in conftest.py): the stored repository is the checkpoint
+(without `.qtools/`) plus the card and its plots; an upload refused part way resumes on rerun sending only what
+is missing; every refusal sends nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qtools.checkpoint.identity import checkpoint_identity
+from qtools.errors import QtoolsError
+from qtools.publish import PublishRequest, publish_checkpoint
+from qtools.testing.hub_server import HubServer
+from qtools.testing.publish import FIXTURES
+
+REPO_ID = "qtools-test/toy-FP8"
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    with HubServer(tmp_path / "hub") as server:
+        yield server
+
+
+@pytest.fixture
+def fp8(toy_conversions, tmp_path: Path) -> Path:
+    """A private copy of the toy's FP8 conversion (its `.qtools/` state included)."""
+    copy = tmp_path / "fp8"
+    shutil.copytree(toy_conversions["toy-fp8"], copy, symlinks=True)
+    return copy
+
+
+def _request(checkpoint: Path, hub: HubServer, **options) -> PublishRequest:
+    options.setdefault("report", FIXTURES / "toy-fp8")
+    options.setdefault("base_model", "qtools-examples/toy-qwen3-coder")
+    return PublishRequest(checkpoint, REPO_ID, endpoint=hub.endpoint, token="hf_stand_in", **options)
+
+
+def _expected_repo(checkpoint: Path, stage: Path) -> dict[str, bytes]:
+    """The checkpoint's files (not `.qtools/`), the staged card and plots, and the Hub's own .gitattributes."""
+    files = {name: (checkpoint / name).read_bytes() for name in checkpoint_identity(checkpoint)["files"]}
+    for path in stage.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            files[path.relative_to(stage).as_posix()] = path.read_bytes()
+    return files
+
+
+def test_xet_is_off_for_these_tests() -> None:
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_DISABLE_XET, "conftest.py must set HF_HUB_DISABLE_XET before huggingface_hub is imported"
+
+
+def test_upload_stores_checkpoint_and_card_and_a_rerun_sends_nothing(fp8: Path, hub: HubServer) -> None:
+    summary = publish_checkpoint(_request(fp8, hub))
+    stored = hub.state.files(REPO_ID)
+    expected = _expected_repo(fp8, summary.stage_dir)
+    assert stored.pop(".gitattributes")  # written by the Hub when it creates a repository
+    assert stored == expected
+    assert "README.md" in stored and any(name.startswith("images/") and name.endswith(".svg") for name in stored)
+    assert not any(name.startswith(".qtools") for name in stored)
+    shards = {f.sha256 for f in summary.files if f.path_in_repo.endswith(".safetensors")}
+    assert len(shards) == 3 and set(hub.state.puts) == shards  # each LFS object sent once
+    assert summary.plan.skipped == [] and summary.commit_url
+    assert hub.state.count("POST", "/commit/") == 1
+
+    again = publish_checkpoint(_request(fp8, hub))
+    assert len(hub.state.puts) == 3 and hub.state.count("POST", "/commit/") == 1  # nothing re-sent or committed
+    assert {f.path_in_repo for f in again.plan.skipped} == set(expected) and again.plan.send == []
+
+
+def test_an_upload_refused_part_way_resumes_sending_only_the_missing_objects(fp8: Path, hub: HubServer) -> None:
+    hub.state.fail_puts_after = 1
+    with pytest.raises(QtoolsError, match="rerun the same command to resume"):
+        publish_checkpoint(_request(fp8, hub))
+    assert len(hub.state.puts) == 1 and hub.state.count("POST", "/commit/") == 0
+    first = hub.state.puts[0]
+    assert set(hub.state.files(REPO_ID)) == {".gitattributes"}  # nothing committed
+
+    hub.state.fail_puts_after = None
+    puts_before = hub.state.count("PUT", "/lfs-upload/")
+    summary = publish_checkpoint(_request(fp8, hub))
+    shards = {f.sha256 for f in summary.files if f.path_in_repo.endswith(".safetensors")}
+    resent = hub.state.puts[1:]
+    assert first not in resent and set(resent) == shards - {first} and len(resent) == 2
+    assert hub.state.count("PUT", "/lfs-upload/") - puts_before == 2
+    assert [f.sha256 for f in summary.plan.stored] == [first]  # the summary names what was not re-sent
+    stored = hub.state.files(REPO_ID)
+    stored.pop(".gitattributes")
+    assert stored == _expected_repo(fp8, summary.stage_dir)
+
+
+def _failed_report(tmp_path: Path) -> Path:
+    report = json.loads((FIXTURES / "toy-fp8" / "report.json").read_text())
+    report["passed"] = False
+    report["verdicts"][0]["status"] = "fail"
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "report.json").write_text(json.dumps(report))
+    return tmp_path / "failed"
+
+
+def _broken_shard(checkpoint: Path) -> None:
+    shard = sorted(checkpoint.glob("*.safetensors"))[0]
+    with open(shard, "r+b") as handle:
+        handle.truncate(shard.stat().st_size - 16)
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("verify fails", "qtools verify. found"),
+        ("report of another checkpoint", "measured other files"),
+        ("report failed", "FAILED"),
+        ("own card", "card of its own"),
+        ("bad repo id", "ORG/NAME"),
+    ],
+)
+def test_a_refused_publish_sends_nothing(case: str, match: str, fp8: Path, hub: HubServer, tmp_path: Path) -> None:
+    options = {}
+    repo_id = REPO_ID
+    if case == "verify fails":
+        _broken_shard(fp8)
+    elif case == "report of another checkpoint":
+        options["report"] = FIXTURES / "toy-int4"
+    elif case == "report failed":
+        options["report"] = _failed_report(tmp_path)
+    elif case == "own card":
+        (fp8 / "README.md").write_text("# my own card\n")
+    else:
+        repo_id = "not a repo id"
+    request = _request(fp8, hub, **options)
+    with pytest.raises(QtoolsError, match=match):
+        publish_checkpoint(PublishRequest(**{**request.__dict__, "repo_id": repo_id}))
+    assert hub.state.requests == []
+
+
+def test_the_cli_publishes_with_the_environment_endpoint_and_exits_2_on_refusal(fp8: Path, hub: HubServer) -> None:
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_stand_in"}
+    command = [sys.executable, "-m", "qtools.cli", "publish", str(fp8), "--repo", REPO_ID, "--base-model", "a/b"]
+    done = subprocess.run([*command, "--report", str(FIXTURES / "toy-fp8")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "sent 11 file(s)" in done.stdout and "skipped 0" in done.stdout
+    assert hub.state.count("POST", "/commit/") == 1 and len(hub.state.puts) == 3
+    requests = len(hub.state.requests)
+    refused = subprocess.run(
+        [*command, "--report", str(FIXTURES / "toy-int4")], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "error: refusing to publish" in refused.stderr
+    assert len(hub.state.requests) == requests
