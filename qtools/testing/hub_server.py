@@ -23,8 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-# Files the stand-in stores through LFS: binary suffixes (the Hub's default .gitattributes) or over 10 MB.
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".png", ".jpg", ".svg")
+# Files the stand-in stores through LFS: suffixes of the Hub's default .gitattributes, or 10 MB and over.
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".npy", ".onnx", ".model")
 LFS_MIN_BYTES = 10 * 1024 * 1024
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 
