@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from qtools.checkpoint.identity import checkpoint_identity
+from qtools.cli import app
 from qtools.errors import QtoolsError
 from qtools.publish import PublishRequest, publish_checkpoint
 from qtools.testing.hub_server import HubServer
@@ -141,16 +143,26 @@ def test_a_refused_publish_sends_nothing(case: str, match: str, fp8: Path, hub: 
     assert hub.state.requests == []
 
 
-def test_the_cli_publishes_with_the_environment_endpoint_and_exits_2_on_refusal(fp8: Path, hub: HubServer) -> None:
+def test_the_cli_publishes_through_the_environment_endpoint(fp8: Path, hub: HubServer) -> None:
+    """In a subprocess, as a user runs it: HF_ENDPOINT and HF_TOKEN from the environment (read at import)."""
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_stand_in"}
     command = [sys.executable, "-m", "qtools.cli", "publish", str(fp8), "--repo", REPO_ID, "--base-model", "a/b"]
     done = subprocess.run([*command, "--report", str(FIXTURES / "toy-fp8")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "sent 11 file(s)" in done.stdout and "skipped 0" in done.stdout
+    staged = [path for path in (fp8 / ".qtools" / "publish").rglob("*") if path.is_file()]
+    assert len(staged) == 14  # 10 checkpoint files, the card and 3 plots
+    assert "sent 14 file(s)" in done.stdout and "skipped 0 already" in done.stdout
     assert hub.state.count("POST", "/commit/") == 1 and len(hub.state.puts) == 3
-    requests = len(hub.state.requests)
-    refused = subprocess.run(
-        [*command, "--report", str(FIXTURES / "toy-int4")], env=env, capture_output=True, text=True
-    )
-    assert refused.returncode == 2 and "error: refusing to publish" in refused.stderr
-    assert len(hub.state.requests) == requests
+
+
+def test_the_cli_exits_2_on_a_refusal_and_sends_nothing(fp8: Path, hub: HubServer) -> None:
+    arguments = ["publish", str(fp8), "--repo", REPO_ID, "--report", str(FIXTURES / "toy-int4")]
+    result = CliRunner().invoke(app, arguments, env={"HF_TOKEN": "hf_stand_in"})
+    assert result.exit_code == 2 and "error: refusing to publish" in result.output
+    assert hub.state.requests == []
+
+
+def test_a_dry_run_sends_nothing(fp8: Path, hub: HubServer, tmp_path: Path) -> None:
+    summary = publish_checkpoint(_request(fp8, hub, dry_run=True, stage_dir=tmp_path / "stage"))
+    assert hub.state.requests == [] and summary.plan is None
+    assert (tmp_path / "stage" / "README.md").is_file() and len(summary.files) == 14

@@ -49,7 +49,7 @@ def layout_tile(layout: object) -> tuple[str, int] | None:
     """(description, multiple) the per-rank expert width must be for `layout`'s MoE kernel; None for a layout
     with no such constraint."""
     if isinstance(layout, Int4GroupLayout):
-        return f"INT4 group {layout.group_size} (Marlin MoE: max(64, group))", max(64, layout.group_size)
+        return f"INT4 g{layout.group_size}: Marlin MoE needs max(64, group)", max(64, layout.group_size)
     if isinstance(layout, Fp8BlockLayout):
         return f"FP8 block {layout.block[0]}x{layout.block[1]}", max(layout.block)
     return None

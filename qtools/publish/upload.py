@@ -18,6 +18,7 @@ from qtools.errors import QtoolsError
 
 # Files the Hub stores in git itself rather than LFS are at most this big (its preupload rule for text files).
 REGULAR_MAX_BYTES = 10 * 1024 * 1024
+PUBLIC_HUB = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ def hub_api(endpoint: str | None, token: str | None):
 
 def require_token(api) -> None:
     """QtoolsError when no token is configured for the public Hub (a local stand-in needs none)."""
-    from huggingface_hub import constants, get_token
+    from huggingface_hub import get_token
 
-    if api.token is None and get_token() is None and api.endpoint.rstrip("/") == constants._HF_DEFAULT_ENDPOINT:
+    if api.token is None and get_token() is None and api.endpoint.rstrip("/") == PUBLIC_HUB:
         raise QtoolsError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a write token is needed)")
 
 
