@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from qtools.checkpoint.config import ModelConfig
+from qtools.errors import QtoolsError
 from qtools.formats import CompressedTensorsFormat, ConfigGroup, HfFp8Format, Int4GroupLayout
 from qtools.publish import PublishRequest, publish_checkpoint
 from qtools.publish.card import base_model_from
@@ -103,3 +105,18 @@ def test_base_model_comes_from_the_config_or_a_hub_cache_source() -> None:
         "Qwen/Qwen3-Coder-480B-A35B-Instruct"
     )
     assert base_model_from({}, {"source": "/work/bf16"}) is None
+
+
+def test_the_card_replaces_the_copied_base_card_only_when_asked_and_keeps_its_licence(toy_conversions, tmp_path):
+    from huggingface_hub import ModelCard
+
+    copy = tmp_path / "fp8"
+    shutil.copytree(toy_conversions["toy-fp8"], copy)
+    (copy / "README.md").write_text("---\nlicense: apache-2.0\n---\n# The base model's card, copied by convert\n")
+    request = PublishRequest(copy, "a/b", dry_run=True, stage_dir=tmp_path / "stage")
+    with pytest.raises(QtoolsError, match="card of its own"):
+        publish_checkpoint(request)
+    publish_checkpoint(PublishRequest(**{**request.__dict__, "card_overwrite": True}))
+    card = (tmp_path / "stage" / "README.md").read_text()
+    assert ModelCard(card).data.license == "apache-2.0" and "copied by convert" not in card
+    assert (copy / "README.md").read_text().endswith("copied by convert\n")  # the checkpoint is not changed

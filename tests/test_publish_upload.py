@@ -166,3 +166,20 @@ def test_a_dry_run_sends_nothing(fp8: Path, hub: HubServer, tmp_path: Path) -> N
     summary = publish_checkpoint(_request(fp8, hub, dry_run=True, stage_dir=tmp_path / "stage"))
     assert hub.state.requests == [] and summary.plan is None
     assert (tmp_path / "stage" / "README.md").is_file() and len(summary.files) == 14
+
+
+def test_a_branch_a_pull_request_and_a_card_the_repository_already_has(fp8: Path, hub: HubServer) -> None:
+    publish_checkpoint(_request(fp8, hub, revision="int4-candidate"))
+    assert "README.md" in hub.state.files(REPO_ID, "int4-candidate")
+    assert set(hub.state.files(REPO_ID)) == {".gitattributes"}  # main untouched
+
+    summary = publish_checkpoint(_request(fp8, hub, create_pr=True))
+    assert summary.pr_url and "README.md" in hub.state.files(REPO_ID, "refs/pr/1")
+
+    publish_checkpoint(_request(fp8, hub))
+    puts = len(hub.state.puts)
+    with pytest.raises(QtoolsError, match="already has a README.md"):  # another card on main: not replaced
+        publish_checkpoint(_request(fp8, hub, base_model="someone/else"))
+    publish_checkpoint(_request(fp8, hub, base_model="someone/else", card_overwrite=True))
+    assert "someone/else" in hub.state.files(REPO_ID)["README.md"].decode()
+    assert len(hub.state.puts) == puts  # the shards were never sent again

@@ -131,24 +131,27 @@ def _is_repo_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
 
 
-def license_from(plan: dict | None) -> str | None:
-    """The licence in the front-matter of the source checkpoint's README.md, when convert recorded a source that
-    is still there and its card names one."""
-    source = (plan or {}).get("source")
-    if not source:
-        return None
-    try:
-        text = (Path(source) / "README.md").read_text()
-    except OSError:
-        return None
-    if not text.startswith("---\n") or "\n---" not in text[4:]:
-        return None
-    try:
-        front = yaml.safe_load(text[4 : text.index("\n---", 4)])
-    except yaml.YAMLError:
-        return None
-    value = front.get("license") if isinstance(front, dict) else None
-    return value if isinstance(value, str) else None
+def license_from(checkpoint: Path, plan: dict | None) -> str | None:
+    """The licence named in the front-matter of a README.md: the checkpoint's own (convert copies the base model's
+    card) or else that of the source convert recorded, when it is still there; None when neither names one."""
+    candidates = [checkpoint / "README.md"]
+    if (plan or {}).get("source"):
+        candidates.append(Path(plan["source"]) / "README.md")
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if not text.startswith("---\n") or "\n---" not in text[4:]:
+            continue
+        try:
+            front = yaml.safe_load(text[4 : text.index("\n---", 4)])
+        except yaml.YAMLError:
+            continue
+        value = front.get("license") if isinstance(front, dict) else None
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _versions() -> dict[str, str]:
@@ -180,7 +183,7 @@ def gather_card_inputs(
         calibration=_read_json(opened.root / STATE_DIR / CALIBRATION_REPORT),
         report=report,
         base_model=base_model or base_model_from(opened.config, plan),
-        license=license_from(plan),
+        license=license_from(opened.root, plan),
         versions=_versions(),
     )
 
@@ -388,6 +391,8 @@ def reproduction_section(inputs: CardInputs) -> list[str]:
         convert += (
             f" --calibration-samples {calibration.get('samples')} --calibration-seq-len {calibration.get('seq_len')}"
         )
+        if not str(calibration.get("source", "")).startswith("built-in"):
+            convert += " --calibration DATA  # DATA: the calibration data named below"
     commands = [convert, "qtools verify OUT --deep"]
     meta = (inputs.report or {}).get("meta", {})
     if inputs.report:
@@ -442,8 +447,8 @@ def limitations_section(inputs: CardInputs, plan: ServingPlan) -> list[str]:
             "- INT4 weights lose more on code than on general text in published evaluations; tool-call format is a "
             "quantisation-sensitive behaviour, so check the tool-call figures above for your use."
         )
-    if inputs.calibration:
-        fallback = inputs.calibration.get("experts_fallback")
+    fallback = (inputs.calibration or {}).get("experts_fallback")
+    if fallback:
         lines.append(f"- {fallback} experts saw too few calibration tokens and were rounded to nearest instead.")
     if plan.needs_expert_parallel:
         lines.append(f"- TP {', '.join(map(str, plan.needs_expert_parallel))} needs expert parallelism (see Serving).")
