@@ -25,7 +25,7 @@ from qtools.checkpoint.config import ModelConfig
 from qtools.errors import QtoolsError
 from qtools.formats import CompressedTensorsFormat, ConfigGroup, HfFp8Format, Int4GroupLayout
 from qtools.publish import PublishRequest, publish_checkpoint
-from qtools.publish.card import base_model_from
+from qtools.publish.card_inputs import base_model_from
 from qtools.publish.serving import serving_plan
 from qtools.testing.files import TOY_MODEL_DIR
 from qtools.testing.publish import FIXTURES, GOLDEN, TOY_CARDS

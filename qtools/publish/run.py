@@ -20,7 +20,8 @@ from pathlib import Path
 from qtools.checkpoint.hf import STATE_DIR
 from qtools.checkpoint.identity import CARD_NAME, checkpoint_identity, file_sha256
 from qtools.errors import QtoolsError
-from qtools.publish.card import gather_card_inputs, plot_images, render_card
+from qtools.publish.card import plot_images, render_card
+from qtools.publish.card_inputs import gather_card_inputs
 from qtools.publish.gate import check_repo_id, load_report, require_passed_for, require_verified
 from qtools.publish.upload import (
     StagedFile,
