@@ -183,3 +183,25 @@ def test_a_branch_a_pull_request_and_a_card_the_repository_already_has(fp8: Path
     publish_checkpoint(_request(fp8, hub, base_model="someone/else", card_overwrite=True))
     assert "someone/else" in hub.state.files(REPO_ID)["README.md"].decode()
     assert len(hub.state.puts) == puts  # the shards were never sent again
+
+
+def test_a_killed_upload_resumes_on_rerun_sending_only_the_missing_objects(fp8: Path, hub: HubServer) -> None:
+    hub.state.hold_puts_after = 1  # one shard stored, the next PUTs left hanging until the client is killed
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_stand_in"}
+    command = [sys.executable, "-m", "qtools.cli", "publish", str(fp8), "--repo", REPO_ID, "--base-model", "a/b"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert hub.state.held.wait(timeout=300), "the upload never reached its second LFS object"
+    finally:
+        process.kill()
+        process.wait()
+    assert len(hub.state.puts) == 1 and hub.state.count("POST", "/commit/") == 0
+    first = hub.state.puts[0]
+
+    hub.state.hold_puts_after = None
+    summary = publish_checkpoint(_request(fp8, hub, report=None, base_model="a/b"))
+    shards = {f.sha256 for f in summary.files if f.path_in_repo.endswith(".safetensors")}
+    assert sorted(hub.state.puts[1:]) == sorted(shards - {first})
+    stored = hub.state.files(REPO_ID)
+    stored.pop(".gitattributes")
+    assert stored == _expected_repo(fp8, summary.stage_dir)

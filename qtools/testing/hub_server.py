@@ -6,7 +6,8 @@ receives under a directory: repository creation, branches, model info, the recur
 validation, preupload (upload mode and remote oid per file), the LFS batch API (an upload action, or none for an
 object it already stores), the LFS object PUT (sha256 and size checked) and the NDJSON commit. Every request is
 logged (`requests`) so tests can count what was sent. `fail_puts_after` makes it refuse LFS PUTs (403, which the
-client does not retry) once that many objects were stored: an upload interrupted part way.
+client does not retry) once that many objects were stored: an upload interrupted part way; `hold_puts_after`
+makes it hold further PUTs unanswered (setting `held`) until it stops: a client to kill mid-upload.
 
 Not modelled (see docs/publish.md): authentication and permissions, Xet storage, multipart LFS uploads, git
 history beyond a list of commits, .gitattributes rules, pagination, rate limits, gated or private access.
@@ -44,6 +45,10 @@ class HubState:
     requests: list[tuple[str, str]] = field(default_factory=list)
     puts: list[str] = field(default_factory=list)
     fail_puts_after: int | None = None
+    hold_puts_after: int | None = None
+    admitted: int = 0
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def lfs_path(self, oid: str) -> Path:
@@ -198,6 +203,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _put_object(self, oid: str, data: bytes) -> None:
         state = self.state
+        with state.lock:  # admitted and counted in one step, so concurrent PUTs cannot both slip past the hold
+            hold = state.hold_puts_after is not None and state.admitted >= state.hold_puts_after
+            state.admitted += 0 if hold else 1
+        if hold:
+            # An upload in flight when the client is killed: never answered, never stored.
+            state.held.set()
+            state.release.wait()
+            return self._send(503, {"error": "stand-in stopped"})
         with state.lock:
             if state.fail_puts_after is not None and len(state.puts) >= state.fail_puts_after:
                 return self._send(403, {"error": "stand-in told to refuse further uploads"})
@@ -259,6 +272,7 @@ class HubServer:
         self.state = HubState(Path(root))
         handler = type("Handler", (_Handler,), {"state": self.state})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True  # a held request's thread must not keep `stop` waiting
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -270,6 +284,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self.state.release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
