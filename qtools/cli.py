@@ -368,9 +368,11 @@ def publish(
     interruption and files already uploaded are not sent again). Token: HF_TOKEN or `hf auth login`."""
     from qtools.publish import PublishRequest, publish_checkpoint
 
+    # HF_ENDPOINT read now, not when huggingface_hub was imported, so the command follows the environment it runs in.
     request = PublishRequest(
-        ckpt, repo, report, private, revision, create_pr, dry_run, base_model, card_overwrite, stage_dir
-    )
+        ckpt, repo, report, private, revision, create_pr, dry_run, base_model, card_overwrite, stage_dir,
+        endpoint=os.environ.get("HF_ENDPOINT"),
+    )  # fmt: skip
     try:
         summary = publish_checkpoint(request, say=lambda message: console.print(escape(message), highlight=False))
     except QtoolsError as error:

@@ -143,16 +143,16 @@ def test_a_refused_publish_sends_nothing(case: str, match: str, fp8: Path, hub: 
     assert hub.state.requests == []
 
 
-def test_the_cli_publishes_through_the_environment_endpoint(fp8: Path, hub: HubServer) -> None:
-    """In a subprocess, as a user runs it: HF_ENDPOINT and HF_TOKEN from the environment (read at import)."""
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_stand_in"}
-    command = [sys.executable, "-m", "qtools.cli", "publish", str(fp8), "--repo", REPO_ID, "--base-model", "a/b"]
-    done = subprocess.run([*command, "--report", str(FIXTURES / "toy-fp8")], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+def test_the_cli_publishes_to_the_environment_endpoint_and_summarises(fp8: Path, hub: HubServer) -> None:
+    arguments = ["publish", str(fp8), "--repo", REPO_ID, "--base-model", "a/b", "--report", str(FIXTURES / "toy-fp8")]
+    result = CliRunner().invoke(app, arguments, env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_stand_in"})
+    assert result.exit_code == 0, result.output
     staged = [path for path in (fp8 / ".qtools" / "publish").rglob("*") if path.is_file()]
     assert len(staged) == 14  # 10 checkpoint files, the card and 3 plots
-    assert "sent 14 file(s)" in done.stdout and "skipped 0 already" in done.stdout
+    assert "sent 14 file(s)" in result.output and "skipped 0 already" in result.output
     assert hub.state.count("POST", "/commit/") == 1 and len(hub.state.puts) == 3
+    again = CliRunner().invoke(app, arguments, env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_stand_in"})
+    assert again.exit_code == 0 and "sent 0 file(s) (0 bytes); skipped 14 already" in again.output
 
 
 def test_the_cli_exits_2_on_a_refusal_and_sends_nothing(fp8: Path, hub: HubServer) -> None:
@@ -186,6 +186,8 @@ def test_a_branch_a_pull_request_and_a_card_the_repository_already_has(fp8: Path
 
 
 def test_a_killed_upload_resumes_on_rerun_sending_only_the_missing_objects(fp8: Path, hub: HubServer) -> None:
+    """`qtools publish` in a subprocess, as a user runs it (HF_ENDPOINT, HF_TOKEN from the environment), killed
+    while its second LFS object is in flight."""
     hub.state.hold_puts_after = 1  # one shard stored, the next PUTs left hanging until the client is killed
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_stand_in"}
     command = [sys.executable, "-m", "qtools.cli", "publish", str(fp8), "--repo", REPO_ID, "--base-model", "a/b"]
