@@ -339,6 +339,73 @@ def _print_calibration(report: dict) -> None:
     Console().print(table)
 
 
+@app.command()
+def publish(
+    ckpt: Annotated[Path, typer.Argument(help="quantised checkpoint directory (qtools verify must pass on it)")],
+    repo: Annotated[str, typer.Option(help="Hub model repository ORG/NAME (created when missing)")],
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="`qtools check --report` directory of THIS checkpoint: it must have passed; its figures "
+            "and plots go into the card"
+        ),
+    ] = None,
+    private: Annotated[bool, typer.Option(help="create the repository private")] = False,
+    revision: Annotated[str | None, typer.Option(help="branch to commit to (created from main when missing)")] = None,
+    create_pr: Annotated[bool, typer.Option(help="open a pull request against main instead of committing")] = False,
+    dry_run: Annotated[bool, typer.Option(help="stage the card and list what would be sent; send nothing")] = False,
+    base_model: Annotated[
+        str | None, typer.Option(help="Hub id of the BF16 model (default: from config.json / the recorded source)")
+    ] = None,
+    card_overwrite: Annotated[
+        bool, typer.Option(help="replace a README.md of the checkpoint's own (or the repository's) with the card")
+    ] = False,
+    stage_dir: Annotated[
+        Path | None, typer.Option(help="where to stage the card and links to the files (default CKPT/.qtools/publish)")
+    ] = None,
+) -> None:
+    """Publish a quantised checkpoint with a model card to the Hugging Face Hub (resumable: rerun after an
+    interruption and files already uploaded are not sent again). Token: HF_TOKEN or `hf auth login`."""
+    from qtools.publish import PublishRequest, publish_checkpoint
+
+    # HF_ENDPOINT read now, not when huggingface_hub was imported, so the command follows the environment it runs in.
+    request = PublishRequest(
+        ckpt, repo, report, private, revision, create_pr, dry_run, base_model, card_overwrite, stage_dir,
+        endpoint=os.environ.get("HF_ENDPOINT"),
+    )  # fmt: skip
+    try:
+        summary = publish_checkpoint(request, say=lambda message: console.print(escape(message), highlight=False))
+    except QtoolsError as error:
+        _fail(error)
+    for warning in summary.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
+    plan = summary.plan
+    skipped = {f.path_in_repo for f in plan.skipped} if plan else set()
+    stored = {f.path_in_repo for f in plan.stored} if plan else set()
+    title = f"{'dry run: would send' if dry_run else 'published'} {ckpt} -> {repo}"
+    table = Table(title=title)
+    for column in ("file", "bytes", "status"):
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    for staged in summary.files:
+        status = "would send" if plan is None else (
+            "skipped (already there)" if staged.path_in_repo in skipped else
+            "committed (bytes already stored)" if staged.path_in_repo in stored else "sent"
+        )  # fmt: skip
+        table.add_row(staged.path_in_repo, str(staged.size), status)
+    Console().print(table)
+    Console().print(f"card: {summary.stage_dir / 'README.md'}")
+    if plan is None:
+        Console().print(f"{len(summary.files)} files, {summary.total_bytes} bytes would be sent (nothing was sent)")
+        return
+    sent_bytes = plan.bytes_to_send
+    skipped_bytes = sum(f.size for f in plan.skipped)
+    Console().print(
+        f"sent {len(plan.send) - len(plan.stored)} file(s) ({sent_bytes} bytes); skipped {len(plan.skipped)} "
+        f"already in the repository ({skipped_bytes} bytes) and {len(plan.stored)} whose bytes were already stored"
+    )
+    Console().print(f"commit: {summary.pr_url or summary.commit_url}")
+
+
 app.command()(check)
 app.add_typer(toy_app, name="toy")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 from qtools.recipe import Recipe, load_recipe
 from qtools.testing.files import TOY_MODEL_DIR
 from qtools.testing.synth import GROUP_ALIGNED_SPEC, SynthSpec, make_checkpoint
+
+# The publish tests upload through huggingface_hub to a local stand-in that speaks the LFS protocol, not Xet. The
+# client reads this switch once, when it is first imported, so it is set here, before any test module imports it.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +55,18 @@ def toy_model_dir() -> Path:
     from qtools.toy.cache import cached_toy_model
 
     return cached_toy_model(prebuilt=TOY_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def toy_conversions(tmp_path_factory) -> dict[str, Path]:
+    """The committed toy model (`models/`, not `toy_model_dir`: the check reports in tests/fixtures/publish/ were
+    measured on its conversions, and a rebuilt toy would not match them) converted with each recipe of
+    `qtools.testing.publish.TOY_CARDS` (fp8-block, w4a16-rtn): name -> output, a few seconds in all. Do not
+    modify (copy first)."""
+    from qtools.convert import convert_checkpoint
+    from qtools.testing.publish import TOY_CARDS
+
+    root = tmp_path_factory.mktemp("toy-conversions")
+    for name, card in TOY_CARDS.items():
+        convert_checkpoint(TOY_MODEL_DIR, root / name, load_recipe(card.recipe), workers=1)
+    return {name: root / name for name in TOY_CARDS}

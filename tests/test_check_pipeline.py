@@ -28,6 +28,7 @@ from qtools.check.pipeline import run_check
 from qtools.check.preflight import check_dtype, check_profile
 from qtools.check.suites import SuiteSizes, heldout_code
 from qtools.check.thresholds import PROFILES, Thresholds
+from qtools.checkpoint.identity import checkpoint_identity
 from qtools.cli import app
 from qtools.convert import convert_checkpoint
 from qtools.errors import QtoolsError
@@ -82,6 +83,12 @@ def test_fp8_passes_and_damaged_layer_fails_and_is_named(synth_trio, tmp_path: P
     assert 28 < good.figures["weights"]["sqnr_min_db"] < 35
     assert good.meta["padded_vocab_columns_masked"] == 500 - good.meta["valid_vocab"] > 0
     assert good.figures["distribution"]["tokens"] == SIZES.code_tokens - 3  # 3 windows, first token of each
+    identity = good.meta["quantised_identity"]  # what `qtools publish --report` compares
+    assert identity == checkpoint_identity(fp8) and "config.json" in identity["files"]
+    assert {name for name in identity["files"] if name.endswith(".safetensors")} == {
+        path.name for path in fp8.glob("*.safetensors")
+    }
+    assert not any(name.startswith(".qtools") for name in identity["files"])
 
     bad = _check(ref, damaged, report_dir=tmp_path)
     assert not bad.passed

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engines", ("qtools.convert", "qtools.verify", "qtools.inspect", "qtools.runtime", "qtools.calibration")),
     # Calibrated conversion (qtools.gptq) runs the runtime's layers over calibration data and writes through
     # qtools.convert's plan, state and writers: a pipeline over engines.
-    ("pipelines", ("qtools.check", "qtools.toy", "qtools.gptq")),
+    ("pipelines", ("qtools.check", "qtools.toy", "qtools.gptq", "qtools.publish")),
     ("command line", ("qtools.cli", "qtools.__main__")),
     # For tests, benchmarks and scripts: nothing in the library imports it.
     ("test support", ("qtools.testing",)),

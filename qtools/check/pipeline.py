@@ -30,6 +30,7 @@ from qtools.check.suites import SUITE_NAMES, SuiteSizes
 from qtools.check.thresholds import Thresholds, evaluate
 from qtools.check.tools_check import compare_tool_replies
 from qtools.check.workload import Workload, build_workload
+from qtools.checkpoint.identity import checkpoint_identity
 from qtools.errors import QtoolsError
 
 ENGINES = ("qtools", "vllm", "openai")
@@ -155,7 +156,9 @@ def run_check(
     see `engine_openai`). Raises QtoolsError for unusable input or a missing vLLM, before
     any model is loaded (`preflight`): a checkpoint checked against itself, a device or dtype the runtime
     cannot use, a report directory that cannot be written. Warnings about the comparison itself (swapped
-    arguments, identical models, nothing gated) are logged and kept in `meta["warnings"]`.
+    arguments, identical models, nothing gated) are logged and kept in `meta["warnings"]`. `meta
+    ["quantised_identity"]` is `qtools.checkpoint.identity.checkpoint_identity(quant)`: the SHA-256 of each of
+    its files, which `qtools publish --report` compares with the checkpoint it publishes.
     """
     ref, quant = Path(ref), Path(quant)
     say = log or (lambda message: None)
@@ -183,6 +186,9 @@ def run_check(
     if report_dir is not None:
         prepare_report_dir(Path(report_dir))
     clock = _Clock(say)
+    # Hashed before the models load, so the report vouches for the bytes that were there when the check began.
+    quantised_identity = checkpoint_identity(quant)
+    clock.lap("identity")
     if engine == "vllm":
         from qtools.check.engine_vllm import require_vllm
 
@@ -218,6 +224,7 @@ def run_check(
     meta = {
         "reference": str(ref),
         "quantised": str(quant),
+        "quantised_identity": quantised_identity,
         **run.info,
         "engine": engine,
         "device": device,

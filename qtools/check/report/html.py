@@ -50,15 +50,15 @@ def _table(header: list[str], rows: list[list[str]], row_classes: list[str] | No
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _plots(figures: dict) -> list[str]:
-    out = []
+def report_plots(figures: dict) -> dict[str, str]:
+    """The report's plots as standalone SVG documents, by file stem: `kl_histogram`, `layer_sqnr` and
+    `tool_fim_agreement`, each only when its suite ran (the model card of `qtools publish` copies them)."""
+    out = {}
     distribution = figures.get("distribution")
     if distribution:
         hist = distribution["kl_histogram"]
-        out.append(
-            histogram(
-                "Per-token KL(P_ref || P_quant), nats", hist["edges"], hist["counts"], hist["underflow"], "tokens"
-            )
+        out["kl_histogram"] = histogram(
+            "Per-token KL(P_ref || P_quant), nats", hist["edges"], hist["counts"], hist["underflow"], "tokens"
         )
     per_layer = figures.get("layers", {}).get("per_layer", [])
     series = {
@@ -69,7 +69,9 @@ def _plots(figures: dict) -> list[str]:
     if series:
         finite = [v for values in series.values() for v in values if v is not None and math.isfinite(v)]
         cap = max(finite, default=60.0) + 10.0
-        out.append(bar_chart("Per-layer SQNR (dB)", [str(row["layer"]) for row in per_layer], series, "dB", cap=cap))
+        out["layer_sqnr"] = bar_chart(
+            "Per-layer SQNR (dB)", [str(row["layer"]) for row in per_layer], series, "dB", cap=cap
+        )
     tools, fim = figures.get("tools"), figures.get("fim")
     if tools or fim:
         categories, values = [], []
@@ -93,7 +95,9 @@ def _plots(figures: dict) -> list[str]:
             ):
                 categories.append(label)
                 values.append(fim[key])
-        out.append(bar_chart("Tool-call and FIM agreement", categories, {"rate": values}, "share", y_max=1.0))
+        out["tool_fim_agreement"] = bar_chart(
+            "Tool-call and FIM agreement", categories, {"rate": values}, "share", y_max=1.0
+        )
     return out
 
 
@@ -150,7 +154,7 @@ def render_html(result: CheckResult) -> str:
             "<h2>Figures</h2>",
             figures,
             "<h2>Plots</h2>",
-            *(f"<div>{svg}</div>" for svg in _plots(result.figures)),
+            *(f"<div>{svg}</div>" for svg in report_plots(result.figures).values()),
             _details(result),
         ]
     )
