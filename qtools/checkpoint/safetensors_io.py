@@ -181,14 +181,25 @@ class SafetensorsReader:
         shape = (count, *info.shape[1:])
         return self._read_range(name, info.start + first * row_bytes, count * row_bytes, info.dtype, shape)
 
-    def _read_range(self, name: str, start: int, nbytes: int, dtype: torch.dtype, shape) -> torch.Tensor:
-        if nbytes == 0:
-            return torch.empty(shape, dtype=dtype)
-        buffer = bytearray(nbytes)
+    def read_rows_into(self, name: str, first: int, count: int, out: torch.Tensor) -> torch.Tensor:
+        """`read_rows` into the front of `out` (a contiguous CPU uint8 tensor of at least the rows' bytes, e.g.
+        a reused or pinned buffer) instead of fresh memory: one copy from the page cache, no page faults for new
+        memory. Returns the rows as a view of `out`."""
+        info = self.tensors[name]
+        count = max(0, min(count, info.shape[0] - first))
+        row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+        nbytes = count * row_bytes
+        if out.dtype != torch.uint8 or not out.is_contiguous() or out.numel() < nbytes or out.device.type != "cpu":
+            raise ValueError(f"{name}: read_rows_into needs a contiguous CPU uint8 buffer of {nbytes} bytes")
+        target = out[:nbytes]
+        self._fill(name, info.start + first * row_bytes, memoryview(target.numpy()))
+        return target.view(info.dtype).view(count, *info.shape[1:])
+
+    def _fill(self, name: str, start: int, view: memoryview) -> None:
+        nbytes = view.nbytes
         try:
             with open(self.path, "rb", buffering=0) as handle:
                 handle.seek(start)
-                view = memoryview(buffer)
                 filled = 0
                 while filled < nbytes:
                     got = handle.readinto(view[filled:])
@@ -197,6 +208,12 @@ class SafetensorsReader:
                     filled += got
         except OSError as error:
             raise QtoolsError(f"{self.path}: cannot read tensor {name!r} ({error.strerror})") from error
+
+    def _read_range(self, name: str, start: int, nbytes: int, dtype: torch.dtype, shape) -> torch.Tensor:
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        buffer = bytearray(nbytes)
+        self._fill(name, start, memoryview(buffer))
         return torch.frombuffer(buffer, dtype=dtype).view(shape)
 
 
