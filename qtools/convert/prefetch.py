@@ -19,6 +19,8 @@ import torch
 
 from qtools.checkpoint.safetensors_io import SafetensorsReader
 
+# Bytes of a tensor one memory map covers when slabs are mapped rather than copied.
+MAP_WINDOW_BYTES = 32 << 20
 Step = tuple[str, int, int]
 """(tensor name, first row, row count) of one slab."""
 
@@ -28,10 +30,20 @@ def slab_buffers(nbytes: int, depth: int, pin: bool) -> list[torch.Tensor]:
     return [torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pin) for _ in range(depth)]
 
 
-def read_rows_inline(reader: SafetensorsReader, steps: Sequence[Step], buffer: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The slabs of `steps`, one after the other, each read into the same `buffer` when it is asked for."""
+def map_rows_inline(reader: SafetensorsReader, steps: Sequence[Step]) -> Iterator[torch.Tensor]:
+    """The slabs of `steps`, one after the other, as views of a memory map (no copy). One map covers about
+    `MAP_WINDOW_BYTES` of a tensor's following rows (whole slabs): mapping slab by slab costs as much as copying,
+    in unmapping, and a window keeps the mapped memory bounded whatever the tensor's size."""
+    window: tuple[str, int, int, torch.Tensor] | None = None
     for name, first, count in steps:
-        yield reader.read_rows_into(name, first, count, buffer)
+        rows = reader.tensors[name].shape[0]
+        if window is None or window[0] != name or not window[1] <= first < min(first + count, rows) <= window[2]:
+            window = None  # the previous map is released before the next is made
+            row_bytes = max(1, reader.tensors[name].nbytes // max(rows, 1))
+            span = max(count, MAP_WINDOW_BYTES // row_bytes // count * count)
+            mapped = reader.map_rows(name, first, span)
+            window = (name, first, first + mapped.shape[0], mapped)
+        yield window[3][first - window[1] : first - window[1] + count]
 
 
 def prefetch_rows(

@@ -22,7 +22,7 @@ import xxhash
 
 from qtools.checkpoint.safetensors_io import SafetensorsReader, StreamingWriter, TensorInfo
 from qtools.convert.plan import TensorAction
-from qtools.convert.prefetch import Step, prefetch_rows, read_rows_inline, slab_buffers
+from qtools.convert.prefetch import Step, map_rows_inline, prefetch_rows, slab_buffers
 from qtools.errors import QtoolsError
 from qtools.numerics.finite import NonFiniteWeightError, all_finite
 from qtools.numerics.workspace import Workspace
@@ -102,8 +102,8 @@ def convert_shard(
 
     `source_identity` (the source shard's, taken before reading it) goes into the record with the digest of
     what was read. `prefetch` (default: on for CUDA devices) reads weight rows ahead in a background thread
-    into `PREFETCH_DEPTH` buffers, pinned for a GPU, so reads overlap quantisation; otherwise each slab is read
-    when it is needed, into one reused buffer. The output is the same either way.
+    into `PREFETCH_DEPTH` buffers, pinned for a GPU, so reads overlap quantisation; otherwise each slab is
+    memory-mapped when it is needed (no copy). The output is the same either way.
     """
     reader = SafetensorsReader(source)
     actions = sorted(actions, key=lambda a: a.source.start)
@@ -115,7 +115,7 @@ def convert_shard(
         pin = gpu and torch.cuda.is_available()
         slabs = prefetch_rows(reader, steps, slab_buffers(_slab_bytes(actions), PREFETCH_DEPTH, pin))
     else:
-        slabs = read_rows_inline(reader, steps, slab_buffers(_slab_bytes(actions), 1, False)[0])
+        slabs = map_rows_inline(reader, steps)
     workspace = Workspace(device)
     writer = StreamingWriter(destination, specs, metadata={"format": "pt"})
     read_digest = hashlib.sha256()

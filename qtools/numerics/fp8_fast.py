@@ -6,7 +6,8 @@ Same rule, same operations, in the same order (amax by integer bits, `fp8_block_
 scale as stored, e4m3 cast). What changes is where the bytes go: every intermediate lives in a reused
 `Workspace` buffer (no page faults for fresh memory), division and cast run in place on tiles of about
 `TILE_ELEMENTS` values (so the float32 copy of a tile stays in cache between the divide and the cast), and the
-clamp to +-448 is skipped where it provably changes nothing (`clamp_is_identity`).
+clamp to +-448 is skipped where it provably changes nothing: always when torch's cast saturates
+(`cast_saturates`, true of torch 2.13), else where every block scale is a normal number (`clamp_is_identity`).
 
 torch's own float32 -> float8_e4m3fn cast stays the rounding step: on this project's 2-core AVX2 development VM
 it costs about 1 ns per value, and neither a bit-arithmetic cast in torch ops (11 passes, no faster) nor
@@ -14,6 +15,8 @@ it costs about 1 ns per value, and neither a bit-arithmetic cast in torch ops (1
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -25,6 +28,14 @@ TILE_ELEMENTS = 1 << 18
 # torch's cast rounds x in [448, 464) to 448 (e4m3's largest finite value; 464 is the tie with 480, which
 # rounds to even, 448); only |x| >= 464 would become NaN without the clamp.
 _CAST_SAFE_BELOW = 464.0
+
+
+@functools.cache
+def cast_saturates() -> bool:
+    """True when this torch's float32 -> float8_e4m3fn cast saturates (|x| > 448 and +-Inf give +-448, as in
+    torch 2.13), so clamping first never changes a non-NaN code; older casts turned large values into NaN."""
+    probe = torch.tensor([470.0, 1e30, float("inf"), -float("inf")])
+    return probe.to(FP8_DTYPE).view(torch.uint8).tolist() == [0x7E, 0x7E, 0x7E, 0xFE]
 
 
 def clamp_is_identity(scales: torch.Tensor) -> bool:
@@ -57,7 +68,7 @@ def quantize_block_row_fast(
     n_full = full_in // block_in
     scales = block_row_scales(rows, block_in, workspace).to(scale_dtype)
     divisors = scales.float()
-    clamp = not clamp_is_identity(scales)
+    clamp = not (cast_saturates() or clamp_is_identity(scales))
     codes = workspace.tensor("codes", (n_rows, in_features), FP8_DTYPE)
     # On a GPU one launch per op over the whole slab beats cache-sized tiles.
     tile_elements = TILE_ELEMENTS if rows.device.type == "cpu" else n_rows * in_features
