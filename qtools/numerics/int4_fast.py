@@ -5,7 +5,7 @@ benchmarks share) return, in fewer passes over memory.
 The scale rule is the reference's own call (`group_scales`, hence `int4_group_scale`); the codes follow
 `int4_codes` (float32 division by the scale as stored, clamp to [-8, 7], round half to even), computed in place
 in a reused `Workspace` tile with the +8 nibble offset added in float (exact for these small integers). Packing
-writes two nibbles per byte with uint8 shifts instead of summing int64 words: on a little-endian machine the
+joins two nibbles per byte with int16 shifts instead of summing int64 words: on a little-endian machine the
 four bytes of each int32 word then hold nibbles 0..7, least significant first, which is `pack_int4`'s layout.
 """
 
@@ -44,15 +44,19 @@ def quantize_int4_rows_fast(
     tile_rows = max(1, min(n_rows, tile_elements // max(in_features, 1)))
     work = workspace.tensor("work", (tile_rows, in_features), torch.float32)
     nibbles = workspace.tensor("nibbles", (tile_rows, in_features), torch.uint8)
-    high = workspace.tensor("high", (tile_rows, in_features // 2), torch.uint8)
+    pairs = workspace.tensor("pairs", (tile_rows, in_features // 2), torch.int16)
     for first in range(0, n_rows, tile_rows):
         part = rows[first : first + tile_rows]
         count = part.shape[0]
-        tile, nib, hi = work[:count], nibbles[:count], high[:count]
+        tile, nib, pair = work[:count], nibbles[:count], pairs[:count]
         tile.copy_(part)
         tile.view(count, in_features // group, group).div_(divisors[first : first + count, :, None])
         tile.clamp_(INT4_MIN, INT4_MAX).round_().add_(INT4_OFFSET)
         nib.copy_(tile)
-        torch.bitwise_left_shift(nib[:, 1::2], 4, out=hi)
-        torch.bitwise_or(nib[:, 0::2], hi, out=packed[first : first + count])
+        # Two nibbles as one int16 (little-endian): v = even + 256 * odd, so v | (v >> 4) has even + 16 * odd in
+        # its low byte, which the narrowing copy keeps; every op runs on contiguous memory.
+        wide = nib.view(torch.int16)
+        torch.bitwise_right_shift(wide, 4, out=pair)
+        pair.bitwise_or_(wide)
+        packed[first : first + count].copy_(pair)
     return packed.view(torch.int32), scales
