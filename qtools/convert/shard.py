@@ -1,13 +1,15 @@
 """Converting one shard: stream its tensors into an output shard of the same name.
 
 Tensors are visited in the order they lie in the source file, so the source is read once, front to back.
-Quantised weights are read a few rows at a time (`LinearLayout.rows_per_step`: one row of FP8 blocks, 128 rows
-of INT4 groups), each step giving the following rows of every output tensor at once (codes and scales), which go
-straight to their planned place in the output (the layout is fixed before any data is written).
-Passthrough tensors are copied byte for byte, each chunk checked for NaN/Inf on its way through (a source that
-holds any is refused before its output shard is finished). Memory stays at one row of blocks plus one copy chunk,
-whatever the tensor or shard size. Every byte read is hashed on the way (XXH3-64 per tensor), so the record of a
-shard says exactly which source data it was made from.
+Quantised weights are taken a few rows at a time (`LinearLayout.rows_per_step`: one row of FP8 blocks, 128 rows
+of INT4 groups; on CPU as views of a memory-mapped window of the tensor, for a GPU read ahead into pinned buffers,
+see `qtools.convert.prefetch`), each step giving the following rows of every output tensor at once (codes and
+scales, computed in reused `Workspace` buffers), which go straight to their planned place in the output (the
+layout is fixed before any data is written). Passthrough tensors are copied byte for byte, each chunk checked for
+NaN/Inf on its way through (a source that holds any is refused before its output shard is finished). Memory stays
+at one row of blocks, one mapped window and one copy chunk, whatever the tensor or shard size. Every byte read
+is hashed on the way (XXH3-64 per tensor), so the record of a shard says exactly which source data it was made
+from.
 """
 
 from __future__ import annotations

@@ -31,10 +31,11 @@ _CAST_SAFE_BELOW = 464.0
 
 
 @functools.cache
-def cast_saturates() -> bool:
-    """True when this torch's float32 -> float8_e4m3fn cast saturates (|x| > 448 and +-Inf give +-448, as in
-    torch 2.13), so clamping first never changes a non-NaN code; older casts turned large values into NaN."""
-    probe = torch.tensor([470.0, 1e30, float("inf"), -float("inf")])
+def cast_saturates(device_type: str = "cpu") -> bool:
+    """True when this torch's float32 -> float8_e4m3fn cast on `device_type` saturates (|x| > 448 and +-Inf give
+    +-448, as on CPU in torch 2.13), so clamping first never changes a non-NaN code; older casts turned large
+    values into NaN. Probed once per device type."""
+    probe = torch.tensor([470.0, 1e30, float("inf"), -float("inf")], device=device_type)
     return probe.to(FP8_DTYPE).view(torch.uint8).tolist() == [0x7E, 0x7E, 0x7E, 0xFE]
 
 
@@ -68,7 +69,7 @@ def quantize_block_row_fast(
     n_full = full_in // block_in
     scales = block_row_scales(rows, block_in, workspace).to(scale_dtype)
     divisors = scales.float()
-    clamp = not (cast_saturates() or clamp_is_identity(scales))
+    clamp = not (cast_saturates(rows.device.type) or clamp_is_identity(scales))
     codes = workspace.tensor("codes", (n_rows, in_features), FP8_DTYPE)
     # On a GPU one launch per op over the whole slab beats cache-sized tiles.
     tile_elements = TILE_ELEMENTS if rows.device.type == "cpu" else n_rows * in_features
