@@ -1,11 +1,15 @@
-"""Time `qtools convert` against llm-compressor's `model_free_ptq` FP8_BLOCK on Qwen3-Coder-480B matrix shapes.
+"""Time `qtools convert` against llm-compressor's `model_free_ptq` on Qwen3-Coder-480B matrix shapes.
 
 Builds a synthetic BF16 checkpoint with the real shapes (hidden 6144, expert 2560, q 12288, k/v 1024; fewer layers
-and experts, a small vocab), runs each tool in its own subprocess, checks both outputs (`qtools verify --deep`,
-FP8 codes agree with llm-compressor's), and only then reports GB of BF16 read per second, the ratio and the peak
-memory of both. qtools runs again on twice the layers to show its peak memory does not grow with the checkpoint.
+and experts, a small vocab), then, `--repeats` times (default 3), runs each tool in its own subprocess, one after
+the other. The first repetition's outputs are checked (`qtools verify --deep`, codes agree with llm-compressor's)
+before anything is reported; then GB of BF16 read per second, the ratio in every repetition (median, min, max),
+CPU seconds and the peak memory of both. qtools runs again on twice the layers to show its peak memory does not
+grow with the checkpoint. `--recipe` picks what both tools write: FP8 block (hf-fp8 or compressed-tensors
+FP8_BLOCK; llm-compressor's scheme FP8_BLOCK) or W4A16 round-to-nearest (llm-compressor's scheme W4A16).
 
     python scripts/bench_convert.py --layers 2 --experts 16 --json bench.json
+    python scripts/bench_convert.py --recipe w4a16-rtn --json bench-w4a16.json
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,17 +34,24 @@ from rich.console import Console
 from rich.table import Table
 from safetensors import safe_open
 
+from qtools.numerics.int4 import unpack_int4
 from qtools.testing.synth import SynthSpec, make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
-# Shipped recipes, by name (qtools/recipes/).
-RECIPES = {"hf-fp8": "fp8-block", "compressed-tensors": "fp8-block-compressed-tensors"}
-# What our recipes keep in BF16, in llm-compressor's terms (it skips every `*norm` module by itself).
-LLMC_IGNORE = ["lm_head", "model.embed_tokens", "re:.*mlp[.]gate$"]
+# Shipped recipes (qtools/recipes/) -> llm-compressor's scheme for the same output and what both keep in BF16,
+# in llm-compressor's terms (it skips every `*norm` module by itself).
+_KEPT = ["lm_head", "model.embed_tokens", "re:.*mlp[.]gate$"]
+RECIPES = {
+    "fp8-block": ("FP8_BLOCK", _KEPT),
+    "fp8-block-compressed-tensors": ("FP8_BLOCK", _KEPT),
+    "w4a16-rtn": ("W4A16", [*_KEPT, "re:.*self_attn[.].*"]),  # our recipe converts the experts only
+}
+# `--format` as before: which FP8 recipe.
+FORMAT_RECIPES = {"hf-fp8": "fp8-block", "compressed-tensors": "fp8-block-compressed-tensors"}
 LLMC_SCRIPT = """import json, sys
 from llmcompressor import model_free_ptq
-src, dst, workers, device, ignore = sys.argv[1:]
-model_free_ptq(src, dst, scheme="FP8_BLOCK", ignore=json.loads(ignore), max_workers=int(workers), device=device)
+src, dst, workers, device, ignore, scheme = sys.argv[1:]
+model_free_ptq(src, dst, scheme=scheme, ignore=json.loads(ignore), max_workers=int(workers), device=device)
 """
 # A fresh, small parent per run: ru_maxrss of RUSAGE_CHILDREN then holds the tool's own peak (the largest of its
 # processes), not the peak of a big parent it was forked from, which Linux carries across exec.
@@ -50,10 +62,12 @@ open(sys.argv[1], "w").write(f"{usage.ru_maxrss * 1024} {usage.ru_utime + usage.
 sys.exit(code)
 """
 STARTUP = {"qtools": "import qtools.cli, qtools.convert", "llm-compressor": "from llmcompressor import model_free_ptq"}
-# tests/test_fp8_oracles.py measures ~97% identical codes (llm-compressor rounds x / scale to bf16 first).
+# tests/test_fp8_oracles.py measures ~97% identical FP8 codes (llm-compressor rounds x / scale to bf16 first);
+# INT4 round-to-nearest follows compressed-tensors' rule bit for bit (tests/test_w4a16_oracles.py).
 MIN_CODE_AGREEMENT = 0.95
-TARGET_RATIO = 5.0
+TARGET_RATIO = 10.0
 TARGET_PEAK_GB = 1.5
+TARGET_READ_FLOOR = 0.25
 
 
 @dataclass
@@ -182,7 +196,7 @@ def startup_seconds(tool: str) -> float:
 
 
 def qtools_command(source: Path, output: Path, args: argparse.Namespace) -> list[str]:
-    recipe = RECIPES[args.format]
+    recipe = args.recipe
     workers = str(args.workers)
     return [
         sys.executable,
@@ -201,8 +215,18 @@ def qtools_command(source: Path, output: Path, args: argparse.Namespace) -> list
 
 
 def llmcompressor_command(source: Path, output: Path, args: argparse.Namespace) -> list[str]:
-    ignore = json.dumps(LLMC_IGNORE)
-    return [sys.executable, "-c", LLMC_SCRIPT, str(source), str(output), str(args.workers), args.device, ignore]
+    scheme, kept = RECIPES[args.recipe]
+    return [
+        sys.executable,
+        "-c",
+        LLMC_SCRIPT,
+        str(source),
+        str(output),
+        str(args.workers),
+        args.device,
+        json.dumps(kept),
+        scheme,
+    ]
 
 
 def verify_output(path: Path) -> None:
@@ -213,25 +237,40 @@ def verify_output(path: Path) -> None:
         raise SystemExit(f"qtools verify failed on {path}:\n{verify.stdout}{verify.stderr}")
 
 
+def _codes(tensor: torch.Tensor, name: str) -> torch.Tensor | None:
+    """The quantised codes a stored tensor holds (FP8 bytes, or INT4 values unpacked), None for other tensors."""
+    if tensor.dtype == torch.float8_e4m3fn:
+        return tensor.view(torch.uint8)
+    if name.endswith(".weight_packed"):
+        return unpack_int4(tensor)
+    return None
+
+
 def code_agreement(ours: Path, theirs: Path) -> float:
-    """Fraction of FP8 codes identical in both outputs, read one tensor at a time; exit when too low."""
+    """Fraction of quantised codes (FP8 or INT4) identical in both outputs, read one tensor at a time; exit when
+    too low or when llm-compressor quantised a tensor qtools did not (or the other way round)."""
     ours_map = json.loads((ours / "model.safetensors.index.json").read_text())["weight_map"]
     theirs_map = json.loads((theirs / "model.safetensors.index.json").read_text())["weight_map"]
     same = total = 0
     for name, shard in sorted(ours_map.items()):
         with safe_open(ours / shard, "pt") as handle:
-            mine = handle.get_tensor(name)
-        if mine.dtype != torch.float8_e4m3fn:
+            mine = _codes(handle.get_tensor(name), name)
+        if mine is None:
             continue
         if name not in theirs_map:
             raise SystemExit(f"llm-compressor's output has no {name}")
         with safe_open(theirs / theirs_map[name], "pt") as handle:
-            other = handle.get_tensor(name)
-        same += (mine.view(torch.uint8) == other.view(torch.uint8)).sum().item()
+            other = _codes(handle.get_tensor(name), name)
+        if other is None or other.shape != mine.shape:
+            raise SystemExit(f"llm-compressor's {name} holds no codes of shape {list(mine.shape)}")
+        same += (mine == other).sum().item()
         total += mine.numel()
+    extra = {n for n in theirs_map if n.endswith((".weight_packed", ".weight_scale"))} - set(ours_map)
+    if extra:
+        raise SystemExit(f"llm-compressor quantised tensors qtools kept, e.g. {sorted(extra)[0]}")
     agreement = same / max(total, 1)
     if agreement < MIN_CODE_AGREEMENT:
-        raise SystemExit(f"only {agreement:.4f} of FP8 codes agree with llm-compressor's (< {MIN_CODE_AGREEMENT})")
+        raise SystemExit(f"only {agreement:.4f} of codes agree with llm-compressor's (< {MIN_CODE_AGREEMENT})")
     return agreement
 
 
@@ -279,38 +318,58 @@ def row(name: str, layers: int, nbytes: int, seconds: float, measured: Measured 
     }
 
 
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
+
+
 def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
-    """Build, convert with both tools, check both outputs, convert twice the layers with qtools."""
+    """Build; `--repeats` times convert with both tools (checking the first repetition's outputs); convert twice
+    the layers with qtools."""
     spec = bench_spec(args.layers, args.experts, args.vocab, args.shard_gb)
     source = build_source(workdir, spec)
     nbytes = source_bytes(source)
-    runs = [row("read only (floor)", args.layers, nbytes, time_read(source, args.cold))]
-    measured = {}
-    for tool, command in (("qtools", qtools_command), ("llm-compressor", llmcompressor_command)):
-        output = workdir / f"out-{tool}"
-        shutil.rmtree(output, ignore_errors=True)
-        if args.cold:
-            drop_page_cache()
-        print(f"running {tool} on {source.name} ...", flush=True)
-        measured[tool] = run_measured(command(source, output, args), workdir / f"{tool}.log", args.threads)
-        if args.cold:
-            drop_page_cache()  # the run imported its libraries from disk: so does the start-up measurement
-        runs.append(row(tool, args.layers, nbytes, measured[tool].seconds, measured[tool], startup_seconds(tool)))
-    verify_output(workdir / "out-qtools")
-    agreement = code_agreement(workdir / "out-qtools", workdir / "out-llm-compressor")
-    for tool in measured:
-        shutil.rmtree(workdir / f"out-{tool}")
-    qtools_run, llmc_run = runs[1], runs[2]
+    floor = row("read only (floor)", args.layers, nbytes, time_read(source, args.cold))
+    runs = [floor]
+    startup = {tool: startup_seconds(tool) for tool in STARTUP}
+    measured: dict[str, list[Measured]] = {"qtools": [], "llm-compressor": []}
+    agreement = None
+    for repetition in range(args.repeats):
+        for tool, command in (("qtools", qtools_command), ("llm-compressor", llmcompressor_command)):
+            output = workdir / f"out-{tool}"
+            shutil.rmtree(output, ignore_errors=True)
+            if args.cold:
+                drop_page_cache()
+            print(f"repetition {repetition + 1}/{args.repeats}: {tool} on {source.name} ...", flush=True)
+            result = run_measured(command(source, output, args), workdir / f"{tool}.log", args.threads)
+            measured[tool].append(result)
+            runs.append(row(f"{tool} #{repetition + 1}", args.layers, nbytes, result.seconds, result, startup[tool]))
+        if agreement is None:
+            verify_output(workdir / "out-qtools")
+            agreement = code_agreement(workdir / "out-qtools", workdir / "out-llm-compressor")
+        for tool in measured:
+            shutil.rmtree(workdir / f"out-{tool}")
+    ours, theirs = measured["qtools"], measured["llm-compressor"]
+    ratios = [t.seconds / o.seconds for o, t in zip(ours, theirs, strict=True)]
     summary = {
+        "repeats": args.repeats,
         "code_agreement": agreement,
-        "ratio": qtools_run["gb_per_second"] / llmc_run["gb_per_second"],
+        "qtools_gb_per_second": _spread([nbytes / 1e9 / o.seconds for o in ours]),
+        "llmcompressor_gb_per_second": _spread([nbytes / 1e9 / t.seconds for t in theirs]),
+        # Throughput qtools / llm-compressor, each repetition's pair.
+        "ratio": _spread(ratios),
+        "ratio_met_every_repetition": all(r >= TARGET_RATIO for r in ratios),
         # What the ratio tends to on a full-size checkpoint, where start-up is negligible.
-        "ratio_excluding_startup": (llmc_run["seconds"] - llmc_run["startup_seconds"])
-        / (qtools_run["seconds"] - qtools_run["startup_seconds"]),
-        "fraction_of_read_floor": qtools_run["gb_per_second"] / runs[0]["gb_per_second"],
+        "ratio_excluding_startup": _spread(
+            [
+                (t.seconds - startup["llm-compressor"]) / max(o.seconds - startup["qtools"], 1e-9)
+                for o, t in zip(ours, theirs, strict=True)
+            ]
+        ),
         # The same comparison in work done (CPU seconds of each process tree): what other load cannot distort.
-        "cpu_ratio": llmc_run["cpu_seconds"] / qtools_run["cpu_seconds"],
-        "qtools_peak_bytes": max(qtools_run["peak_rss"], qtools_run["peak_tree_pss"]),
+        "cpu_ratio": _spread([t.cpu_seconds / o.cpu_seconds for o, t in zip(ours, theirs, strict=True)]),
+        "fraction_of_read_floor": _spread([nbytes / 1e9 / o.seconds / floor["gb_per_second"] for o in ours]),
+        "qtools_peak_bytes": max(max(o.peak_rss, o.peak_tree_pss) for o in ours),
+        "llmcompressor_peak_bytes": max(max(t.peak_rss, t.peak_tree_pss) for t in theirs),
     }
     if not args.no_double:
         double = build_source(workdir, bench_spec(2 * args.layers, args.experts, args.vocab, args.shard_gb))
@@ -325,7 +384,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
         shutil.rmtree(output)
         runs.append(row("qtools", 2 * args.layers, source_bytes(double), second.seconds, second))
         summary["qtools_peak_bytes"] = max(summary["qtools_peak_bytes"], second.peak_rss, second.peak_tree_pss)
-        summary["rss_growth_double_layers"] = second.peak_rss / measured["qtools"].peak_rss
+        summary["rss_growth_double_layers"] = second.peak_rss / max(o.peak_rss for o in ours)
     return {
         "environment": environment(args.device),
         "cache": "cold" if args.cold else "warm",
@@ -336,13 +395,23 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
+def _figures(spread: dict, unit: str = "x", digits: int = 2) -> str:
+    return (
+        f"median {spread['median']:.{digits}f}{unit}, min {spread['min']:.{digits}f}{unit}, "
+        f"max {spread['max']:.{digits}f}{unit}"
+    )
+
+
 def report(results: dict, console: Console) -> None:
     """Print the table and the summary lines."""
     env, summary = results["environment"], results["summary"]
-    threads = results["settings"]["threads"] or "default"
+    settings = results["settings"]
+    threads = settings["threads"] or "default"
+    scheme = RECIPES[settings["recipe"]][0]
     title = (
-        f"FP8_BLOCK conversion, {results['cache']} page cache, device {env['device']} ({env['cpu']}, {env['cpus']} "
-        f"CPUs, {env['memory_gb']} GB RAM), workers {results['settings']['workers']}, threads {threads}"
+        f"{settings['recipe']} (llm-compressor {scheme}), {results['cache']} page cache, device {env['device']} "
+        f"({env['cpu']}, {env['cpus']} CPUs, {env['memory_gb']} GB RAM), workers {settings['workers']}, "
+        f"threads {threads}"
     )
     table = Table(title=title)
     columns = ("run", "layers", "GB BF16", "seconds", "startup s", "GB/s", "CPU s", "peak RSS GB", "tree PSS GB")
@@ -368,16 +437,26 @@ def report(results: dict, console: Console) -> None:
     versions = ", ".join(f"{name} {v}" for name, v in env["versions"].items())
     table.caption = f"{versions}; python {env['python']}; commit {env['commit']}; {env['date']}"
     console.print(table)
-    console.print(f"FP8 codes identical to llm-compressor's: {summary['code_agreement']:.4f}")
+    met = "met" if summary["ratio_met_every_repetition"] else "MISSED"
+    console.print(f"codes identical to llm-compressor's: {summary['code_agreement']:.4f}")
     console.print(
-        f"throughput qtools / llm-compressor: {summary['ratio']:.2f}x (target >= {TARGET_RATIO}x); "
-        f"{summary['ratio_excluding_startup']:.2f}x leaving out Python start-up and imports"
+        f"throughput qtools / llm-compressor over {summary['repeats']} repetitions: {_figures(summary['ratio'])} "
+        f"(target >= {TARGET_RATIO}x in every repetition: {met})"
     )
-    console.print(f"CPU seconds llm-compressor / qtools: {summary['cpu_ratio']:.2f}x")
-    console.print(f"qtools peak memory: {summary['qtools_peak_bytes'] / 1e9:.2f} GB (target < {TARGET_PEAK_GB} GB)")
+    console.print(f"  leaving out Python start-up and imports: {_figures(summary['ratio_excluding_startup'])}")
+    console.print(f"  in CPU seconds (llm-compressor / qtools): {_figures(summary['cpu_ratio'])}")
+    console.print(f"qtools GB/s: {_figures(summary['qtools_gb_per_second'], '', 3)}")
+    console.print(f"llm-compressor GB/s: {_figures(summary['llmcompressor_gb_per_second'], '', 3)}")
+    console.print(
+        f"qtools at {_figures(summary['fraction_of_read_floor'], '', 3)} of the read floor's GB/s "
+        f"(target >= {TARGET_READ_FLOOR})"
+    )
+    console.print(
+        f"peak memory: qtools {summary['qtools_peak_bytes'] / 1e9:.2f} GB (target < {TARGET_PEAK_GB} GB), "
+        f"llm-compressor {summary['llmcompressor_peak_bytes'] / 1e9:.2f} GB"
+    )
     if "rss_growth_double_layers" in summary:
         console.print(f"qtools peak RSS, twice the layers / once: x{summary['rss_growth_double_layers']:.3f}")
-    console.print(f"qtools at {summary['fraction_of_read_floor']:.0%} of the read floor's GB/s")
 
 
 def main() -> None:
@@ -391,13 +470,25 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both tools (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda, for both tools")
-    parser.add_argument("--format", choices=sorted(RECIPES), default="compressed-tensors", help="qtools output")
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="what both tools write (default: the FP8 recipe of --format); w4a16-rtn compares with llm-compressor's "
+        "W4A16 scheme",
+    )
+    parser.add_argument(
+        "--format", choices=sorted(FORMAT_RECIPES), default="compressed-tensors", help="FP8 output format"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of both tools (default: 3)")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (needs root)")
     parser.add_argument("--no-double", action="store_true", help="skip the qtools run on twice the layers")
     parser.add_argument("--workdir", type=Path, help="where checkpoints go (default: a new directory in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir; its checkpoints are reused next time")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
+    args.recipe = args.recipe or FORMAT_RECIPES[args.format]
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="qtools-bench-convert-", dir="/tmp"))

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from qtools.checkpoint.hf import STATE_DIR, Checkpoint
 from qtools.checkpoint.safetensors_io import SafetensorsReader
 from qtools.cli import app
-from qtools.convert import convert_checkpoint
+from qtools.convert import convert_checkpoint, prefetch
 from qtools.errors import QtoolsError
 from qtools.formats import detect
 from qtools.inspect import inspect_checkpoint
@@ -206,16 +206,23 @@ def test_non_finite_expert_weight_is_refused_naming_it(aligned_checkpoint, tmp_p
 
 
 def test_weights_are_read_a_few_rows_at_a_time(aligned_checkpoint, tmp_path, monkeypatch):
-    """Memory per worker stays at a few rows of one weight: quantised weights are only ever read 128 rows at a
-    time (kept tensors are copied in bounded chunks, as for FP8)."""
+    """Memory per worker stays at a few rows of one weight: quantised weights are only ever read or mapped a
+    bounded number of rows at a time (`MAP_WINDOW_BYTES`, here set to 128 rows' worth; kept tensors are copied
+    in bounded chunks, as for FP8)."""
     reads: list[tuple[str, int]] = []
-    read_rows = SafetensorsReader.read_rows
+    read_rows, map_rows = SafetensorsReader.read_rows, SafetensorsReader.map_rows
 
     def spy(self, name, first, count):
         reads.append((name, count))
         return read_rows(self, name, first, count)
 
+    def map_spy(self, name, first, count):
+        reads.append((name, count))
+        return map_rows(self, name, first, count)
+
     monkeypatch.setattr(SafetensorsReader, "read_rows", spy)
+    monkeypatch.setattr(SafetensorsReader, "map_rows", map_spy)
+    monkeypatch.setattr(prefetch, "MAP_WINDOW_BYTES", 1)  # at least one slab (128 rows) per map
     monkeypatch.setattr(SafetensorsReader, "read", lambda *a, **k: pytest.fail("a whole tensor was read"))
     convert_checkpoint(aligned_checkpoint, tmp_path / "out", load_recipe("w4a16-rtn"), workers=1)
     assert {name for name, _ in reads} == {n for n in Checkpoint.open(aligned_checkpoint).weight_map if is_expert(n)}

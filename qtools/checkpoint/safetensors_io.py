@@ -12,8 +12,10 @@ import errno
 import hashlib
 import json
 import math
+import mmap
 import os
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,14 +183,54 @@ class SafetensorsReader:
         shape = (count, *info.shape[1:])
         return self._read_range(name, info.start + first * row_bytes, count * row_bytes, info.dtype, shape)
 
-    def _read_range(self, name: str, start: int, nbytes: int, dtype: torch.dtype, shape) -> torch.Tensor:
-        if nbytes == 0:
-            return torch.empty(shape, dtype=dtype)
-        buffer = bytearray(nbytes)
+    def read_rows_into(self, name: str, first: int, count: int, out: torch.Tensor) -> torch.Tensor:
+        """`read_rows` into the front of `out` (a contiguous CPU uint8 tensor of at least the rows' bytes, e.g.
+        a reused or pinned buffer) instead of fresh memory: one copy from the page cache, no page faults for new
+        memory. Returns the rows as a view of `out`."""
+        info = self.tensors[name]
+        count = max(0, min(count, info.shape[0] - first))
+        row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+        nbytes = count * row_bytes
+        if out.dtype != torch.uint8 or not out.is_contiguous() or out.numel() < nbytes or out.device.type != "cpu":
+            raise ValueError(f"{name}: read_rows_into needs a contiguous CPU uint8 buffer of {nbytes} bytes")
+        target = out[:nbytes]
+        self._fill(name, info.start + first * row_bytes, memoryview(target.numpy()))
+        return target.view(info.dtype).view(count, *info.shape[1:])
+
+    def map_rows(self, name: str, first: int, count: int) -> torch.Tensor:
+        """`read_rows` without a copy: the rows as a read-only view of a memory map of just their bytes, its
+        pages populated in one call (no fault per page). Reading from the page cache this costs a fifth of a
+        copy on the development VM. The map lives as long as the tensor; never write to it."""
+        info = self.tensors[name]
+        count = max(0, min(count, info.shape[0] - first))
+        row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+        nbytes = count * row_bytes
+        if nbytes == 0 or not hasattr(mmap, "MAP_POPULATE"):
+            return self.read_rows(name, first, count)
+        start = info.start + first * row_bytes
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            with open(self.path, "rb", buffering=0) as handle:
+                mapped = mmap.mmap(
+                    handle.fileno(),
+                    start + nbytes - aligned,
+                    flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                    prot=mmap.PROT_READ,
+                    offset=aligned,
+                )
+        except (OSError, ValueError) as error:
+            raise QtoolsError(f"{self.path}: cannot map tensor {name!r} ({error}); is the file truncated?") from error
+        with warnings.catch_warnings():
+            # The tensor is read-only in fact (PROT_READ): nothing in the converter writes to source rows.
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            flat = torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=start - aligned)
+        return flat.view(info.dtype).view(count, *info.shape[1:])
+
+    def _fill(self, name: str, start: int, view: memoryview) -> None:
+        nbytes = view.nbytes
         try:
             with open(self.path, "rb", buffering=0) as handle:
                 handle.seek(start)
-                view = memoryview(buffer)
                 filled = 0
                 while filled < nbytes:
                     got = handle.readinto(view[filled:])
@@ -197,6 +239,12 @@ class SafetensorsReader:
                     filled += got
         except OSError as error:
             raise QtoolsError(f"{self.path}: cannot read tensor {name!r} ({error.strerror})") from error
+
+    def _read_range(self, name: str, start: int, nbytes: int, dtype: torch.dtype, shape) -> torch.Tensor:
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        buffer = bytearray(nbytes)
+        self._fill(name, start, memoryview(buffer))
         return torch.frombuffer(buffer, dtype=dtype).view(shape)
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from qtools.checkpoint.safetensors_io import TensorInfo, TensorSpec
+from qtools.numerics.workspace import Workspace
 
 TensorLookup = Callable[[str], TensorInfo | None]
 """A tensor name -> its header entry, None when the checkpoint has no such tensor."""
@@ -98,9 +99,10 @@ class LinearLayout(Protocol):
         """How many weight rows the streaming quantiser takes at a time."""
         ...
 
-    def quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def quantize_rows(self, rows: torch.Tensor, workspace: Workspace | None = None) -> dict[str, torch.Tensor]:
         """Quantise the next `rows_per_step` (or fewer, at the end) rows [r, in] of a weight: suffix -> the
-        following rows of that tensor. Raises NonFiniteWeightError for NaN/Inf."""
+        following rows of that tensor. Raises NonFiniteWeightError for NaN/Inf. Outputs may be views of
+        `workspace` buffers, valid until its next use (a streaming converter writes them out at once)."""
         ...
 
     def constant_tensors(self, shape: tuple[int, int]) -> dict[str, torch.Tensor]:

@@ -27,8 +27,10 @@ from qtools.formats.base import (
     listed,
     scale_value_problem,
 )
-from qtools.numerics.fp8 import FP8_DTYPE, FP8_MAX, block_row_scales, dequantize_fp8_block, quantize_block_row
+from qtools.numerics.fp8 import FP8_DTYPE, FP8_MAX, dequantize_fp8_block
 from qtools.numerics.fp8 import scale_shape as block_scale_shape
+from qtools.numerics.fp8_fast import quantize_block_row_fast
+from qtools.numerics.workspace import Workspace
 
 SCALE_DTYPES_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 HF_FP8_SCALE = "weight_scale_inv"
@@ -132,11 +134,12 @@ class Fp8BlockLayout:
     def rows_per_step(self) -> int:
         return self.block[0]
 
-    def quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One row of blocks [<=bo, in] -> its codes and its row of scales [1, ceil(in/bi)]."""
-        # Codes are computed with the scale exactly as stored, so a bf16 scale is rounded first.
-        scales = block_row_scales(rows, self.block[1]).to(self.scale_dtype)
-        codes = quantize_block_row(rows, scales.float(), self.block[1])
+    def quantize_rows(self, rows: torch.Tensor, workspace: Workspace | None = None) -> dict[str, torch.Tensor]:
+        """One row of blocks [<=bo, in] -> its codes and its row of scales [1, ceil(in/bi)].
+
+        Codes are computed with the scale exactly as stored (a bf16 scale is rounded first), by the fast path,
+        which `block_row_scales` + `quantize_block_row` define bit for bit."""
+        scales, codes = quantize_block_row_fast(rows, self.scale_dtype, self.block[1], workspace)
         return {"weight": codes, self.scale_suffix: scales[None]}
 
     def constant_tensors(self, shape: tuple[int, int]) -> dict[str, torch.Tensor]:

@@ -24,13 +24,13 @@ from qtools.numerics.int4 import (
     INT4_MIN,
     PACK_FACTOR,
     dequantize_int4_group,
-    group_scales,
     int4_shape_problem,
     pack_int4,
     packed_shape,
-    quantize_rows,
     scale_shape,
 )
+from qtools.numerics.int4_fast import quantize_int4_rows_fast
+from qtools.numerics.workspace import Workspace
 
 PACKED, SCALE, SHAPE = "weight_packed", "weight_scale", "weight_shape"
 DEFAULT_GROUP_SIZE = 128
@@ -166,10 +166,11 @@ class Int4GroupLayout:
         following rows of `weight_packed` and `weight_scale`."""
         return {PACKED: pack_int4(codes), SCALE: scales}
 
-    def quantize_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Round-to-nearest of rows [r, in]: scales in the rows' dtype, codes packed."""
-        scales = group_scales(rows, self.group_size)
-        return self.encode(quantize_rows(rows, scales, self.group_size), scales)
+    def quantize_rows(self, rows: torch.Tensor, workspace: Workspace | None = None) -> dict[str, torch.Tensor]:
+        """Round-to-nearest of rows [r, in]: scales in the rows' dtype, codes packed, by the fast path, which
+        `group_scales` + `quantize_rows` + `pack_int4` define bit for bit."""
+        packed, scales = quantize_int4_rows_fast(rows, self.group_size, workspace)
+        return {PACKED: packed, SCALE: scales}
 
     def constant_tensors(self, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
         return {SHAPE: torch.tensor(list(shape), dtype=torch.int64)}

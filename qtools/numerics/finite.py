@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from qtools.numerics.workspace import Workspace
+
 
 class NonFiniteWeightError(ValueError):
     """A weight holds NaN or Inf; no quantised format can represent it and the source is likely corrupt."""
@@ -28,14 +30,20 @@ def all_finite(values: torch.Tensor) -> bool:
 _SIGN_MASKS = {2: (torch.int16, 0x7FFF), 4: (torch.int32, 0x7FFFFFFF)}
 
 
-def abs_max(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def abs_max(values: torch.Tensor, dims: tuple[int, ...], workspace: Workspace | None = None) -> torch.Tensor:
     """amax(|values|) over `dims`, as float32; NaN where a reduced slice holds NaN, Inf where it holds Inf.
 
     For IEEE floats, clearing the sign bit gives |x| and the integer order of the bits is the order of the values
     (NaN above Inf above every finite value), so one integer reduction replaces abs() plus a float reduction.
+    With a `workspace` the cleared bits go to a reused buffer instead of fresh memory (same result).
     """
     mask = _SIGN_MASKS.get(values.element_size())
     if mask is None or not values.is_floating_point():
         return values.abs().amax(dim=dims).float()
     int_dtype, sign_off = mask
-    return (values.view(int_dtype) & sign_off).amax(dim=dims).view(values.dtype).float()
+    if workspace is None:
+        magnitude = values.view(int_dtype) & sign_off
+    else:
+        magnitude = workspace.tensor("abs_max", tuple(values.shape), int_dtype)
+        torch.bitwise_and(values.view(int_dtype), sign_off, out=magnitude)
+    return magnitude.amax(dim=dims).view(values.dtype).float()

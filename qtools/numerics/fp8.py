@@ -17,6 +17,7 @@ import math
 import torch
 
 from qtools.numerics.finite import NonFiniteWeightError, abs_max
+from qtools.numerics.workspace import Workspace
 from qtools_kernels.reference import FP8_DTYPE, fp8_block_scale, fp8_e4m3_codes
 from qtools_kernels.reference import FP8_E4M3_MAX as FP8_MAX
 
@@ -50,10 +51,10 @@ def block_scales_reference(weight: torch.Tensor, block: tuple[int, int] = (128, 
     return fp8_block_scale(padded.view(n_out, block[0], n_in, block[1]).abs().amax(dim=(1, 3)))
 
 
-def block_row_scales(rows: torch.Tensor, block_in: int = 128) -> torch.Tensor:
+def block_row_scales(rows: torch.Tensor, block_in: int = 128, workspace: Workspace | None = None) -> torch.Tensor:
     """Scales of one row of blocks: rows [<=bo, in] -> float32 [ceil(in/block_in)] = amax/448 (1.0 if zero).
 
-    Raises NonFiniteWeightError if the rows hold NaN or Inf.
+    Raises NonFiniteWeightError if the rows hold NaN or Inf. A `workspace` only changes where scratch lives.
     """
     n_rows, in_features = rows.shape
     n_in = math.ceil(in_features / block_in)
@@ -61,7 +62,9 @@ def block_row_scales(rows: torch.Tensor, block_in: int = 128) -> torch.Tensor:
     # abs and max are exact in the source dtype, so the amax is taken before widening to float32.
     amax = torch.empty(n_in, dtype=torch.float32, device=rows.device)
     if full_in:
-        amax[: full_in // block_in] = abs_max(rows[:, :full_in].reshape(n_rows, full_in // block_in, block_in), (0, 2))
+        amax[: full_in // block_in] = abs_max(
+            rows[:, :full_in].reshape(n_rows, full_in // block_in, block_in), (0, 2), workspace
+        )
     if full_in < in_features:
         amax[-1] = abs_max(rows[:, full_in:], (0, 1))
     # amax propagates NaN and Inf, so this finds every non-finite value without another pass.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from qtools.numerics.finite import NonFiniteWeightError, abs_max
+from qtools.numerics.workspace import Workspace
 from qtools_kernels.reference import (
     INT4_MAX,
     INT4_MIN,
@@ -83,15 +84,17 @@ def scale_shape(shape: tuple[int, ...], group: int) -> tuple[int, int]:
     return shape[0], shape[1] // group
 
 
-def group_scales(rows: torch.Tensor, group: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+def group_scales(
+    rows: torch.Tensor, group: int, dtype: torch.dtype | None = None, workspace: Workspace | None = None
+) -> torch.Tensor:
     """Scales of some whole rows: rows [r, in] (in a multiple of `group`) -> `dtype` (default: the rows' dtype)
     [r, in / group] = amax / 7.5 rounded to `dtype` (its eps for an all-zero group).
 
-    Raises NonFiniteWeightError if the rows hold NaN or Inf.
+    Raises NonFiniteWeightError if the rows hold NaN or Inf. A `workspace` only changes where scratch lives.
     """
     n_rows, in_features = rows.shape
     # abs and max are exact in the source dtype, so the amax is taken before widening to float32.
-    amax = abs_max(rows.reshape(n_rows, in_features // group, group), (2,))
+    amax = abs_max(rows.reshape(n_rows, in_features // group, group), (2,), workspace)
     # amax propagates NaN and Inf, so this finds every non-finite value without another pass.
     if not torch.isfinite(amax).all():
         raise NonFiniteWeightError("weight holds NaN/Inf values")
