@@ -13,28 +13,10 @@ import pytest
 from vllm_interop.harness import HERE, run_vllm_python
 
 from qtools.chat import parse_tool_calls
+from tests.test_chat_parse import TOOLS
 
-SCHEMA = {
-    "type": "function",
-    "function": {
-        "name": "write_file",
-        "description": "Write a file.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "path": {"type": "string"},
-                "content": {"type": "string"},
-                "mode": {"type": "integer"},
-                "ratio": {"type": "number"},
-                "force": {"type": "boolean"},
-                "kind": {"type": "string", "enum": ["text", "binary"]},
-                "tags": {"type": "array"},
-                "meta": {"type": "object"},
-            },
-            "required": ["path", "content"],
-        },
-    },
-}
+# The parser tests' write_file schema: every JSON type a parameter can take.
+SCHEMA = TOOLS[0]
 
 
 def call(*parameters: tuple[str, str], name: str = "write_file") -> str:

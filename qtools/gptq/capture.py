@@ -226,17 +226,16 @@ def accumulate_down(
     for expert, module in experts.items():
         slot = hessians.slot[expert]
         if hessians.down_routed is not None or keep:
-            mine = kept.setdefault(expert, [])
             for index, slots, values in routed_intermediates(layer, expert, module, rows, routing, chunk):
                 if hessians.down_routed is not None:
                     hessians.down_routed.add(values, slot)
                 if keep:
-                    mine.append((index, slots, values))
+                    kept.setdefault(expert, []).append((index, slots, values))
         if hessians.down_all is not None:
             for first in range(0, tokens, chunk):
                 index = torch.arange(first, min(first + chunk, tokens))
                 hessians.down_all.add(module.intermediate(moe_inputs(layer, rows(index))), slot)
-    return kept if keep else {}
+    return kept
 
 
 def add_expert_output(

@@ -314,7 +314,7 @@ class _LayerRunner:
             accumulate_gate_up(layer, step, self.residual_rows, routing, stacks, self.chunk)
             quantizer.experts(self._weights(prefix, step, "gate_up"), step, hessians, stacks, "gate_up")
             tensors = quantizer.result.tensors
-            half = {e: self._expert(tensors, prefix, e, backend, ("gate_proj", "up_proj"), None) for e in step}
+            half = {e: self._expert(tensors, prefix, e, backend, ("gate_proj", "up_proj")) for e in step}
             kept = accumulate_down(
                 layer, half, self.residual_rows, self.tokens, routing, stacks, self.chunk, keep=fused
             )
@@ -336,16 +336,16 @@ class _LayerRunner:
         """The experts' stacked `projection` weights as stored (bf16), on the device: what GPTQ quantises."""
         return expert_weights(lambda name: self.loader.source.read(name, self.device), prefix, experts, projection)
 
-    def _expert(self, tensors, prefix: str, expert: int, backend, quantized: tuple[str, ...], down) -> Expert:
+    def _expert(self, tensors, prefix: str, expert: int, backend, quantized: tuple[str, ...]) -> Expert:
         """Expert `expert` with the projections in `quantized` as INT4 from `tensors` (dequantised once, in the
-        compute dtype) and down_proj `down`."""
+        compute dtype); without down_proj among them, the module serves `intermediate` only."""
         linears = {
             p: quantized_linear(
                 tensors, self.layout, f"{prefix}.mlp.experts.{expert}.{p}", backend, self.device, self.dtype
             )
             for p in quantized
         }
-        return Expert(linears["gate_proj"], linears["up_proj"], linears.get("down_proj", down))
+        return Expert(linears["gate_proj"], linears["up_proj"], linears.get("down_proj"))
 
     def propagate(self, index: int, layer, tensors: dict[str, torch.Tensor], routing: Routing | None) -> None:
         """`following` <- the output of layer `index` as the output checkpoint holds it (`tensors`: its INT4
@@ -363,7 +363,7 @@ class _LayerRunner:
             if routing.tokens(expert)[0].numel() == 0:
                 continue
             if f"{prefix}.mlp.experts.{expert}.gate_proj.{self.layout.codes_suffix}" in tensors:
-                module = self._expert(tensors, prefix, expert, backend, EXPERT_PROJECTIONS, None)
+                module = self._expert(tensors, prefix, expert, backend, EXPERT_PROJECTIONS)
             else:
                 module = self.loader.expert(index, expert)
             for rows, slots, values in routed_intermediates(
@@ -405,7 +405,7 @@ class _LayerRunner:
                     if targets.qkv or targets.o_proj:
                         routing = None  # the attention changed: its stage runs again on the INT4 weights
                 reports.append(report)
-                if index + 1 < layers and routing is not None and self._moe_out is not None:
+                if index + 1 < layers and self._moe_out is not None:
                     self.hooks.phase(index, "propagate", self.ids.numel())
                     self.finish_layer(self._moe_out)
                 elif index + 1 < layers:
