@@ -291,17 +291,25 @@ def test_overwrite_deletes_what_qtools_copied(source, tmp_path, fp8_recipe):
 # D6: workers die with their parent.
 
 
+def _stat(path: Path) -> list[str] | None:
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _session_members(session: int) -> list[int]:
-    """Live (not zombie) processes of a session: every process a command started, even once orphaned."""
+    """Live processes of a session: every process a command started, even once orphaned.
+
+    A killed process whose main thread is already a zombie still counts while any other thread of it is winding
+    down: those threads still hold its files open.
+    """
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or (fields := _stat(entry / "stat")) is None or int(fields[3]) != session:
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
+        threads = [_stat(task / "stat") for task in (entry / "task").glob("*")]
+        if any(thread is not None and thread[0] not in "ZX" for thread in threads):
             members.append(int(entry.name))
     return members
 
@@ -370,6 +378,39 @@ def test_lock_is_released_when_a_run_fails(source, tmp_path, fp8_recipe):
     assert not (out / STATE_DIR / "lock").exists()
     with destination_lock(out):
         pass
+
+
+def test_a_forked_child_does_not_keep_a_dead_runs_lock(tmp_path):
+    # A worker forked while the run holds the lock must not hold it on: when the run is killed (no unlock, no
+    # unlink), the next run has to find the lock free even while the worker is still alive.
+    from qtools.convert.lock import destination_lock
+
+    out = tmp_path / "out"
+    read_end, write_end = os.pipe()
+    run = os.fork()
+    if run == 0:
+        try:
+            with destination_lock(out):
+                worker = os.fork()
+                if worker == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                os.write(write_end, str(worker).encode())
+                os._exit(0)  # as a kill -9 would: the lock's file stays, nothing unlocks it
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    _, status = os.waitpid(run, 0)
+    worker = int(os.read(read_end, 32) or 0)
+    os.close(read_end)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0 and worker > 0
+        assert (out / STATE_DIR / "lock").exists()
+        with destination_lock(out):
+            pass
+    finally:
+        if worker > 0:
+            os.kill(worker, signal.SIGKILL)
 
 
 # D7: an incomplete source is refused before any data is read.

@@ -2,7 +2,9 @@
 
 The holder writes its pid, host and start time into the file, so a second run can say who holds it. The kernel
 drops the lock when the holder dies, however it dies, so a killed run never leaves a stale lock behind; the file
-itself is removed when a run ends.
+itself is removed when a run ends. Forked children (the conversion's workers) close their copy of the lock's file
+descriptor at once: the lock belongs to the run's own process, and dies with it even while a killed worker's threads
+are still winding down.
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ from qtools.checkpoint.hf import STATE_DIR
 from qtools.errors import QtoolsError
 
 LOCK_NAME = "lock"
+
+_held: set[int] = set()
+
+
+def _close_in_child() -> None:
+    # Closing a copy of the descriptor leaves the parent's lock in place (flock belongs to the open file).
+    for fd in _held:
+        os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def lock_path(destination: Path) -> Path:
@@ -73,6 +87,7 @@ def destination_lock(destination: str | Path) -> Iterator[None]:
         fd = _acquire(path, destination)
     except OSError as error:
         raise QtoolsError(f"{destination}: cannot write here ({error.strerror})") from error
+    _held.add(fd)
     try:
         started = time.strftime("%Y-%m-%d %H:%M:%S %z")
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode()
@@ -81,4 +96,5 @@ def destination_lock(destination: str | Path) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+        _held.discard(fd)
         os.close(fd)
