@@ -10,7 +10,7 @@ DEMO_DIR ?= out/demo
 setup: $(STAMP)
 
 # torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
-$(STAMP): pyproject.toml requirements.lock kernels/pyproject.toml
+$(STAMP): pyproject.toml requirements.lock kernels/pyproject.toml qtools/numerics/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0

@@ -318,6 +318,28 @@ def row(name: str, layers: int, nbytes: int, seconds: float, measured: Measured 
     }
 
 
+def time_write(directory: Path, nbytes: int) -> float:
+    """Seconds to write `nbytes` to a new file in `directory` (64 MiB writes, then fsync, then `sync`, as a run is
+    timed): the floor any converter pays to put an output of that size on this filesystem."""
+    chunk = os.urandom(1 << 20) * 64
+    path = directory / "write-floor.bin"
+    os.sync()
+    started = time.perf_counter()
+    with open(path, "wb", buffering=0) as handle:
+        left = nbytes
+        while left > 0:
+            left -= handle.write(chunk[: min(left, len(chunk))])
+        os.fsync(handle.fileno())
+    os.sync()
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
 def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
 
@@ -333,9 +355,12 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
     startup = {tool: startup_seconds(tool) for tool in STARTUP}
     measured: dict[str, list[Measured]] = {"qtools": [], "llm-compressor": []}
     agreement = None
+    dest = args.dest or workdir
+    dest.mkdir(parents=True, exist_ok=True)
+    write_floor = None
     for repetition in range(args.repeats):
         for tool, command in (("qtools", qtools_command), ("llm-compressor", llmcompressor_command)):
-            output = workdir / f"out-{tool}"
+            output = dest / f"out-{tool}"
             shutil.rmtree(output, ignore_errors=True)
             if args.cold:
                 drop_page_cache()
@@ -344,10 +369,15 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
             measured[tool].append(result)
             runs.append(row(f"{tool} #{repetition + 1}", args.layers, nbytes, result.seconds, result, startup[tool]))
         if agreement is None:
-            verify_output(workdir / "out-qtools")
-            agreement = code_agreement(workdir / "out-qtools", workdir / "out-llm-compressor")
+            verify_output(dest / "out-qtools")
+            agreement = code_agreement(dest / "out-qtools", dest / "out-llm-compressor")
+            output_bytes = tree_bytes(dest / "out-qtools")
         for tool in measured:
-            shutil.rmtree(workdir / f"out-{tool}")
+            shutil.rmtree(dest / f"out-{tool}")
+        if write_floor is None:
+            write_floor = row("write only (floor)", args.layers, nbytes, time_write(dest, output_bytes))
+            write_floor["output_bytes"] = output_bytes
+            runs.insert(1, write_floor)
     ours, theirs = measured["qtools"], measured["llm-compressor"]
     ratios = [t.seconds / o.seconds for o, t in zip(ours, theirs, strict=True)]
     summary = {
@@ -368,12 +398,16 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
         # The same comparison in work done (CPU seconds of each process tree): what other load cannot distort.
         "cpu_ratio": _spread([t.cpu_seconds / o.cpu_seconds for o, t in zip(ours, theirs, strict=True)]),
         "fraction_of_read_floor": _spread([nbytes / 1e9 / o.seconds / floor["gb_per_second"] for o in ours]),
+        # The slower of reading the source and writing the output's bytes (with fsync) on this machine.
+        "io_floor_seconds": max(floor["seconds"], write_floor["seconds"]),
+        "fraction_of_io_floor": _spread([max(floor["seconds"], write_floor["seconds"]) / o.seconds for o in ours]),
+        "output_bytes": output_bytes,
         "qtools_peak_bytes": max(max(o.peak_rss, o.peak_tree_pss) for o in ours),
         "llmcompressor_peak_bytes": max(max(t.peak_rss, t.peak_tree_pss) for t in theirs),
     }
     if not args.no_double:
         double = build_source(workdir, bench_spec(2 * args.layers, args.experts, args.vocab, args.shard_gb))
-        output = workdir / "out-qtools-double"
+        output = dest / "out-qtools-double"
         shutil.rmtree(output, ignore_errors=True)
         time_read(double, args.cold)
         if args.cold:
@@ -452,6 +486,11 @@ def report(results: dict, console: Console) -> None:
         f"(target >= {TARGET_READ_FLOOR})"
     )
     console.print(
+        f"qtools at {_figures(summary['fraction_of_io_floor'], '', 3)} of the I/O floor "
+        f"({summary['io_floor_seconds']:.1f} s: the slower of reading the source and writing "
+        f"{summary['output_bytes'] / 1e9:.2f} GB with fsync)"
+    )
+    console.print(
         f"peak memory: qtools {summary['qtools_peak_bytes'] / 1e9:.2f} GB (target < {TARGET_PEAK_GB} GB), "
         f"llm-compressor {summary['llmcompressor_peak_bytes'] / 1e9:.2f} GB"
     )
@@ -483,6 +522,11 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (needs root)")
     parser.add_argument("--no-double", action="store_true", help="skip the qtools run on twice the layers")
     parser.add_argument("--workdir", type=Path, help="where checkpoints go (default: a new directory in /tmp)")
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        help="where both tools write their outputs (default: the workdir; /dev/shm takes the disk out)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the workdir; its checkpoints are reused next time")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()

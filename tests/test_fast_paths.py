@@ -1,18 +1,43 @@
 """The converter's fast paths against the pure-torch references beside them, bit for bit, on labelled edge
 cases: FP8 block rows (`quantize_block_row_fast` vs `block_row_scales` + `quantize_block_row`) and INT4 RTN rows
-(`quantize_int4_rows_fast` vs `group_scales` + `quantize_rows` + `pack_int4`)."""
+(`quantize_int4_rows_fast` vs `group_scales` + `quantize_rows` + `pack_int4`).
+
+Every test runs once per way the fast paths can compute on this machine: the compiled loops in their AVX2 and
+scalar forms (`qtools.numerics.native`, BF16 rows) and the torch code they replace."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from qtools.numerics import fp8_fast, int4_fast
+from qtools.numerics import fp8_fast, int4_fast, native
 from qtools.numerics.fp8 import FP8_DTYPE, NonFiniteWeightError, block_row_scales, quantize_block_row
 from qtools.numerics.fp8_fast import clamp_is_identity, quantize_block_row_fast
 from qtools.numerics.int4 import group_scales, pack_int4, quantize_rows
 from qtools.numerics.int4_fast import quantize_int4_rows_fast
 from qtools.numerics.workspace import Workspace
+
+
+def _forms() -> list:
+    forms = []
+    if native.built():
+        forms += ["scalar"] + (["avx2"] if native.simd() == "avx2" else [])
+    return forms + ["torch"]
+
+
+@pytest.fixture(autouse=True, params=_forms())
+def compute(request, monkeypatch):
+    """The way the fast paths compute in this test: a form of the compiled loops, or torch."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "ENABLED", False)
+        yield request.param
+        return
+    before = native.simd()
+    native.set_simd(request.param)
+    try:
+        yield request.param
+    finally:
+        native.set_simd(before)
 
 
 def _gaussian(shape, dtype, seed=0, std=0.02):

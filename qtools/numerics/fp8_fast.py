@@ -3,15 +3,14 @@ reference `block_row_scales` + `quantize_block_row` (`qtools.numerics.fp8`, the 
 return, in fewer passes over memory.
 
 Same rule, same operations, in the same order (amax by integer bits, `fp8_block_scale`, float32 division by the
-scale as stored, e4m3 cast). What changes is where the bytes go: every intermediate lives in a reused
-`Workspace` buffer (no page faults for fresh memory), division and cast run in place on tiles of about
-`TILE_ELEMENTS` values (so the float32 copy of a tile stays in cache between the divide and the cast), and the
-clamp to +-448 is skipped where it provably changes nothing: always when torch's cast saturates
+scale as stored, clamp to +-448, e4m3 rounding to nearest even). BF16 rows on the CPU take the compiled loops of
+`qtools.numerics.native` for the amax and for divide + clamp + round (one pass each over the rows, about 0.7 ns a
+value on this project's 2-core AVX2 VM, against about 2 for the torch code below); the scale rule stays the
+torch call. Other rows (float16, float32, a GPU, or no compiled extension) take torch: every intermediate lives
+in a reused `Workspace` buffer (no page faults for fresh memory), division and cast run in place on tiles of
+about `TILE_ELEMENTS` values (so the float32 copy of a tile stays in cache between the divide and the cast), and
+the clamp to +-448 is skipped where it provably changes nothing: always when torch's cast saturates
 (`cast_saturates`, true of torch 2.13), else where every block scale is a normal number (`clamp_is_identity`).
-
-torch's own float32 -> float8_e4m3fn cast stays the rounding step: on this project's 2-core AVX2 development VM
-it costs about 1 ns per value, and neither a bit-arithmetic cast in torch ops (11 passes, no faster) nor
-`torch.compile` (58 s to compile, a slower kernel) beat it; see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import functools
 
 import torch
 
+from qtools.numerics import native
 from qtools.numerics.fp8 import FP8_DTYPE, FP8_MAX, block_row_scales
 from qtools.numerics.workspace import Workspace
 
@@ -69,8 +69,11 @@ def quantize_block_row_fast(
     n_full = full_in // block_in
     scales = block_row_scales(rows, block_in, workspace).to(scale_dtype)
     divisors = scales.float()
-    clamp = not (cast_saturates(rows.device.type) or clamp_is_identity(scales))
     codes = workspace.tensor("codes", (n_rows, in_features), FP8_DTYPE)
+    if native.usable(rows):
+        native.fp8_codes(rows, block_in, divisors.contiguous(), codes)
+        return scales, codes
+    clamp = not (cast_saturates(rows.device.type) or clamp_is_identity(scales))
     # On a GPU one launch per op over the whole slab beats cache-sized tiles.
     tile_elements = TILE_ELEMENTS if rows.device.type == "cpu" else n_rows * in_features
     tile_rows = max(1, min(n_rows, tile_elements // max(in_features, 1)))

@@ -7,6 +7,7 @@ The scale rule is the reference's own call (`group_scales`, hence `int4_group_sc
 in a reused `Workspace` tile with the +8 nibble offset added in float (exact for these small integers). Packing
 joins two nibbles per byte with int16 shifts instead of summing int64 words: on a little-endian machine the
 four bytes of each int32 word then hold nibbles 0..7, least significant first, which is `pack_int4`'s layout.
+BF16 rows on the CPU take the compiled loop of `qtools.numerics.native` instead (the same operations, one pass).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 
 import torch
 
+from qtools.numerics import native
 from qtools.numerics.int4 import INT4_MAX, INT4_MIN, INT4_OFFSET, group_scales, pack_int4, quantize_rows
 from qtools.numerics.workspace import Workspace
 
@@ -40,6 +42,9 @@ def quantize_int4_rows_fast(
         return pack_int4(quantize_rows(rows, scales, group)), scales
     divisors = scales.float()
     packed = workspace.tensor("packed", (n_rows, in_features // 2), torch.uint8)
+    if native.usable(rows) and group % 2 == 0:
+        native.int4_pack(rows, group, divisors.contiguous(), packed)
+        return packed.view(torch.int32), scales
     tile_elements = TILE_ELEMENTS if rows.device.type == "cpu" else n_rows * in_features
     tile_rows = max(1, min(n_rows, tile_elements // max(in_features, 1)))
     work = workspace.tensor("work", (tile_rows, in_features), torch.float32)
