@@ -28,6 +28,7 @@ from qtools.testing.vllm_env import LOCK_FILE, STAMP_NAME, vllm_env_dir  # noqa:
 FORBIDDEN = ("torchvision", "torchaudio", "torchcodec")
 PROBE = (
     "import importlib.util, torch, vllm\n"
+    "import torch.utils.cpp_extension  # needs setuptools; vLLM imports it when it loads a model\n"
     "assert torch.version.cuda is None, f'torch {torch.__version__} is a CUDA build'\n"
     f"found = [m for m in {FORBIDDEN!r} if importlib.util.find_spec(m)]\n"
     "assert not found, f'CUDA extras installed: {found}'\n"
