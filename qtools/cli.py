@@ -366,6 +366,7 @@ def publish(
 ) -> None:
     """Publish a quantised checkpoint with a model card to the Hugging Face Hub (resumable: rerun after an
     interruption and files already uploaded are not sent again). Token: HF_TOKEN or `hf auth login`."""
+    from qtools.checkpoint.identity import CARD_NAME
     from qtools.publish import PublishRequest, publish_checkpoint
 
     # HF_ENDPOINT read now, not when huggingface_hub was imported, so the command follows the environment it runs in.
@@ -393,7 +394,7 @@ def publish(
         )  # fmt: skip
         table.add_row(staged.path_in_repo, str(staged.size), status)
     Console().print(table)
-    Console().print(f"card: {summary.stage_dir / 'README.md'}")
+    Console().print(f"card: {summary.stage_dir / CARD_NAME}")
     if plan is None:
         Console().print(f"{len(summary.files)} files, {summary.total_bytes} bytes would be sent (nothing was sent)")
         return

@@ -387,7 +387,6 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict:
             shutil.rmtree(dest / f"out-{tool}")
         if write_floor is None:
             write_floor = row("write only (floor)", args.layers, nbytes, time_write(dest, output_bytes))
-            write_floor["output_bytes"] = output_bytes
             runs.insert(1, write_floor)
     ours, theirs = measured["qtools"], measured["llm-compressor"]
     ratios = [t.seconds / o.seconds for o, t in zip(ours, theirs, strict=True)]

@@ -25,9 +25,6 @@ from qtools.numerics.workspace import Workspace
 
 # float32 values per divide-and-cast tile: 1 MiB, about an L2 cache's worth on the CPUs this runs on.
 TILE_ELEMENTS = 1 << 18
-# torch's cast rounds x in [448, 464) to 448 (e4m3's largest finite value; 464 is the tie with 480, which
-# rounds to even, 448); only |x| >= 464 would become NaN without the clamp.
-_CAST_SAFE_BELOW = 464.0
 
 
 @functools.cache
@@ -41,7 +38,8 @@ def cast_saturates(device_type: str = "cpu") -> bool:
 
 def clamp_is_identity(scales: torch.Tensor) -> bool:
     """True when dividing weights by these block `scales` (as stored, any float dtype) cannot give |x/s| >= 464,
-    so clamping to +-448 before the cast changes no code.
+    so clamping to +-448 before the cast changes no code (a cast rounds x in [448, 464) to 448, e4m3's largest
+    finite value: 464 is the tie with 480, which rounds to even; only |x| >= 464 could become NaN unclamped).
 
     Each scale is amax/448 rounded to its dtype; |w| <= amax, so |w/s| <= 448 * (1 + d) / (1 - d)-ish with d
     the dtype's relative rounding error (2^-24 for float32, 2^-8 for bfloat16): far below 464 while the scale is

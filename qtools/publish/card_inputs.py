@@ -14,6 +14,7 @@ import yaml
 import qtools
 from qtools.checkpoint.config import ModelConfig
 from qtools.checkpoint.hf import CALIBRATION_REPORT, STATE_DIR, Checkpoint
+from qtools.checkpoint.identity import CARD_NAME
 from qtools.checkpoint.qwen3_moe import expected_shapes, family, module_of
 from qtools.errors import QtoolsError
 from qtools.formats import Format, detect
@@ -121,9 +122,9 @@ def _is_repo_id(text: str) -> bool:
 def license_from(checkpoint: Path, plan: dict | None) -> str | None:
     """The licence named in the front-matter of a README.md: the checkpoint's own (convert copies the base model's
     card) or else that of the source convert recorded, when it is still there; None when neither names one."""
-    candidates = [checkpoint / "README.md"]
+    candidates = [checkpoint / CARD_NAME]
     if (plan or {}).get("source"):
-        candidates.append(Path(plan["source"]) / "README.md")
+        candidates.append(Path(plan["source"]) / CARD_NAME)
     for path in candidates:
         try:
             text = path.read_text()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qtools.checkpoint.identity import CARD_NAME
 from qtools.errors import QtoolsError
 
 # Files the Hub stores in git itself rather than LFS are at most this big (its preupload rule for text files).
@@ -99,7 +100,7 @@ def plan_upload(api, repo_id: str, revision: str | None, folder: Path, files: li
     from huggingface_hub.utils import build_hf_headers
 
     remote = remote_files(api, repo_id, revision)
-    plan = UploadPlan(remote_card="README.md" in remote)
+    plan = UploadPlan(remote_card=CARD_NAME in remote)
     for staged in files:
         there = remote.get(staged.path_in_repo)
         same = (
